@@ -1,0 +1,1 @@
+"""import-status-bot: MyPreferences bulk import status in Slack."""
