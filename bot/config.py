@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timezone, tzinfo
+from datetime import UTC, tzinfo
 from enum import Enum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -62,7 +62,7 @@ class Settings:
     client_id: str = ""
     authorization: Secret | None = None
     oauth: OAuthSettings | None = None
-    expires_timezone: tzinfo = timezone.utc
+    expires_timezone: tzinfo = UTC
     http_timeout_seconds: float = 10.0
     lookup_budget_seconds: float = 20.0
     poll_interval_seconds: float = 60.0
@@ -95,7 +95,9 @@ class Settings:
         return [str(v) for v in values if v]
 
 
-def load_settings(env: Mapping[str, str], needs: set[Need] | frozenset[Need] = frozenset()) -> Settings:
+def load_settings(
+    env: Mapping[str, str], needs: set[Need] | frozenset[Need] = frozenset()
+) -> Settings:
     """Read and validate the settings a command needs. Raises ``ConfigError``."""
     reader = _Reader(env)
     oauth_names = (
@@ -262,9 +264,7 @@ class _Reader:
             raise ConfigError(f"{name}: expected {kind} of at most {maximum:g}, got {raw!r}")
         return value
 
-    def choice(
-        self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False
-    ) -> str:
+    def choice(self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
         raw = self.text(name)
         if not raw:
             return default
@@ -276,11 +276,13 @@ class _Reader:
     def timezone(self, name: str) -> tzinfo:
         raw = self.text(name)
         if not raw or raw.upper() == "UTC":
-            return timezone.utc
+            return UTC
         try:
             return ZoneInfo(raw)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"{name}: expected an IANA time zone such as UTC or Europe/Berlin") from None
+            raise ConfigError(
+                f"{name}: expected an IANA time zone such as UTC or Europe/Berlin"
+            ) from None
 
     def id_set(self, name: str) -> frozenset[str]:
         raw = self.text(name)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, tzinfo
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 MAX_COUNT = 10**12  # far beyond the ~10 million records an import can hold
 MAX_NAME_LENGTH = 200
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     INITIATED = "Initiated"
     STAGING = "Staging"
     QUEUED = "Queued"
@@ -84,13 +84,15 @@ def parse_expires(raw: object, default_tz: tzinfo = UTC) -> datetime | None:
         )
     except ValueError:
         return None
-    if offset is None:
-        return naive.replace(tzinfo=default_tz).astimezone(UTC)
+    # OverflowError: converting a date at the edge of the calendar (year 1 or
+    # 9999) to UTC can leave datetime's range; such a value is garbage, not a crash.
     try:
+        if offset is None:
+            return naive.replace(tzinfo=default_tz).astimezone(UTC)
         aware = datetime.fromisoformat(naive.isoformat() + _normalise_offset(offset))
-    except ValueError:
+        return aware.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return aware.astimezone(UTC)
 
 
 def _normalise_offset(offset: str) -> str:
@@ -108,7 +110,13 @@ def _count(value: object) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii():
+    elif (
+        isinstance(value, str)
+        and value.strip().isdecimal()
+        and value.strip().isascii()
+        # int() refuses strings over 4300 digits with ValueError; no sane count is that long.
+        and len(value.strip()) <= 20
+    ):
         number = int(value.strip())
     else:
         return None
@@ -167,9 +175,7 @@ class ImportStatus:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def parse_import_status(
-    body: object, access_token: int, default_tz: tzinfo = UTC
-) -> ImportStatus:
+def parse_import_status(body: object, access_token: int, default_tz: tzinfo = UTC) -> ImportStatus:
     """Build an ImportStatus from a decoded JSON body. Raises ValueError if not an object."""
     if not isinstance(body, dict):
         raise ValueError("the status body is not a JSON object")

@@ -1,0 +1,156 @@
+"""Entry points: serve, socket, migrate, status, demo.
+
+With no command, the bot serves Slack when its credentials are set and runs
+the demo otherwise, so the README's first command works on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+from bot.config import ConfigError, Need, Settings, load_settings
+from bot.logs import setup_logging
+
+log = logging.getLogger("bot")
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 2  # the API does not know the token, or it expired (401)
+EXIT_CONFIG = 3  # settings, credentials or permissions are wrong
+EXIT_UNAVAILABLE = 4  # the API is down, slow, or answered nonsense
+EXIT_USAGE = 64
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = args.command or _default_command()
+    try:
+        if command == "serve":
+            return _serve(socket_mode=False)
+        if command == "socket":
+            return _serve(socket_mode=True)
+        if command == "migrate":
+            return _migrate()
+        if command == "status":
+            return _status(args.token)
+        if command == "demo":
+            from bot.demo import run_demo
+
+            return run_demo(fast=getattr(args, "fast", False))
+    except ConfigError as exc:
+        print(f"import-status-bot: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="import-status-bot",
+        description="Slack bot for MyPreferences bulk import status.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser(
+        "serve", help="HTTP mode: /slack/events, /healthz, /metrics and the watcher"
+    )
+    commands.add_parser(
+        "socket", help="Socket Mode (needs SLACK_APP_TOKEN), plus /healthz, /metrics"
+    )
+    commands.add_parser("migrate", help="upgrade the database to the newest schema and exit")
+    status = commands.add_parser("status", help="look one import up and print it")
+    status.add_argument("token", help="the import's access token (a positive integer)")
+    demo = commands.add_parser("demo", help="the whole system on this machine, no accounts needed")
+    demo.add_argument("--fast", action="store_true", help="shorter story (used by the tests)")
+    return parser
+
+
+def _default_command() -> str:
+    has_slack = os.environ.get("SLACK_BOT_TOKEN") and (
+        os.environ.get("SLACK_SIGNING_SECRET") or os.environ.get("SLACK_APP_TOKEN")
+    )
+    if not has_slack:
+        return "demo"
+    return "serve" if os.environ.get("SLACK_SIGNING_SECRET") else "socket"
+
+
+def _settings(needs: set[Need]) -> Settings:
+    settings = load_settings(os.environ, needs)
+    setup_logging(settings.log_level, settings.log_format, settings.secrets())
+    return settings
+
+
+def _migrate() -> int:
+    from bot.store.engine import make_engine, migrate
+
+    settings = _settings({Need.DATABASE})
+    engine = make_engine(settings.database_url)
+    try:
+        revision = migrate(engine)
+    finally:
+        engine.dispose()
+    print(f"database is at schema revision {revision}")
+    return EXIT_OK
+
+
+def _status(raw_token: str) -> int:
+    from bot.clock import utcnow
+    from bot.mypreferences.client import MyPreferencesClient
+    from bot.mypreferences.errors import ApiError
+    from bot.slack.commands import parse_access_token
+    from bot.terminal import format_status
+
+    token = parse_access_token(raw_token.strip())
+    if isinstance(token, str):
+        print(f"import-status-bot: {token.replace('`', '')}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings({Need.API})
+
+    async def lookup() -> int:
+        async with MyPreferencesClient(settings) as client:
+            try:
+                status = await client.get_status(token)
+            except ApiError as exc:
+                print(f"import-status-bot: import {token}: {exc.user_message}", file=sys.stderr)
+                return exc.exit_code
+        print(format_status(status, utcnow()))
+        return EXIT_OK
+
+    return asyncio.run(lookup())
+
+
+def _serve(*, socket_mode: bool) -> int:
+    import uvicorn
+
+    from bot.runtime import Runtime
+    from bot.server import create_app
+
+    needs = {Need.DATABASE, Need.API, Need.SLACK_SOCKET if socket_mode else Need.SLACK_HTTP}
+    settings = _settings(needs)
+    runtime = Runtime(settings, socket_mode=socket_mode)
+    runtime.migrate()
+    app = create_app(runtime, slack_routes=not socket_mode)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=8,
+        limit_concurrency=1000,
+    )
+    server = uvicorn.Server(config)
+    log.info("listening on http://%s:%d (%s mode)", host, port, "socket" if socket_mode else "HTTP")
+    server.run(sockets=[sock])
+    return EXIT_OK

@@ -1,0 +1,377 @@
+"""The async MyPreferences client: Retrieve status and Retrieve exceptions.
+
+The only module that talks HTTP to MyPreferences. It turns every outcome into
+either a parsed answer or one typed ``errors.ApiError``, retries transient
+trouble within a ``RetryPolicy`` (attempts and a total time budget), refreshes
+an OAuth token once on a 401, and reads bodies in a bounded way.
+
+Secrets never leave this module in logs or exception messages: the debug line
+per attempt carries the import's access token, the HTTP status and the time
+taken, never a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from bot.config import Settings
+from bot.mypreferences import errors
+from bot.mypreferences.auth import Authenticator, make_authenticator, read_limited
+from bot.mypreferences.models import ImportStatus, _count, parse_import_status
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+# Access tokens are integers on the API side (a 64-bit long at most); anything
+# larger cannot be one, and refusing it saves a request against the daily quota.
+MAX_ACCESS_TOKEN = 2**63 - 1
+# A Retry-After beyond a day is treated as a day, so later date arithmetic stays sane.
+MAX_RETRY_AFTER_SECONDS = 86400.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one call tries: attempts, exponential backoff, and a total time budget.
+
+    ``budget_seconds`` covers the requests and the waits between them; a wait
+    that would cross it is not taken and the last error is raised instead.
+    """
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    budget_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+        if not self.budget_seconds > 0:
+            raise ValueError("budget_seconds must be positive")
+
+
+DEFAULT_RETRY = RetryPolicy()
+# For the watcher: it spaces its own retries across ticks, so one call is one request.
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True)
+class ExceptionsPage:
+    """One page of Retrieve exceptions. ``None`` means the field was missing or not sane."""
+
+    count: int | None
+    has_more: bool | None
+    limit: int | None
+    offset: int | None
+    total_results: int | None
+    # The API does not document the records' key or fields: shown generically.
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_exceptions_page(body: Mapping[str, Any]) -> ExceptionsPage:
+    """Build an ExceptionsPage from a decoded JSON object.
+
+    The records are the first list-valued field (its key is undocumented);
+    items that are not objects are dropped.
+    """
+    records = next((value for value in body.values() if isinstance(value, list)), [])
+    has_more = body.get("HasMore")
+    return ExceptionsPage(
+        count=_count(body.get("Count")),
+        has_more=has_more if isinstance(has_more, bool) else None,
+        limit=_count(body.get("Limit")),
+        offset=_count(body.get("Offset")),
+        total_results=_count(body.get("TotalResults")),
+        records=[record for record in records if isinstance(record, dict)],
+    )
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None.
+
+    ``now`` is the wall-clock time (epoch seconds) an HTTP-date is measured from.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float
+    if text.replace(".", "", 1).isdigit() and text.isascii():
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" in an HTTP-date means UTC with unknown origin
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER_SECONDS
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def check_access_token(access_token: int) -> None:
+    """Raise ValueError unless ``access_token`` is a positive int (bool excluded)."""
+    if (
+        isinstance(access_token, bool)
+        or not isinstance(access_token, int)
+        or not 0 < access_token <= MAX_ACCESS_TOKEN
+    ):
+        raise ValueError("the access token must be a positive whole number")
+
+
+@dataclass(frozen=True)
+class _Answer:
+    code: int
+    retry_after: float | None
+    body: dict[str, Any] | None  # the decoded object, for 2xx answers only
+
+
+class MyPreferencesClient:
+    """Reads import status and exceptions from the MyPreferences API.
+
+    Owns its ``httpx.AsyncClient`` unless one is passed in; use ``async with``
+    or call ``aclose()``. ``sleep``, ``random``, ``clock`` and ``wall_clock``
+    are injectable so tests run instantly and deterministically.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        max_connections: int = 100,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        random: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._settings = settings
+        self._owns_http = http is None
+        if http is None:
+            # The watcher polls up to POLL_CONCURRENCY imports at once; size the
+            # pool for that rather than relying on httpx's default.
+            http = httpx.AsyncClient(
+                timeout=settings.http_timeout_seconds,
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=max_connections,
+                ),
+            )
+        self._http = http
+        self._auth = authenticator or make_authenticator(settings, http)
+        self._sleep = sleep
+        self._random = random
+        self._clock = clock
+        self._wall_clock = wall_clock
+        base = settings.api_url
+        self._base_url = base if base.endswith("/") else base + "/"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> MyPreferencesClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def get_status(
+        self, access_token: int, *, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> ImportStatus:
+        """Retrieve status for one import. Raises a typed ``errors.ApiError``.
+
+        Raises ValueError (before any request) when ``access_token`` is not a
+        positive int.
+        """
+        check_access_token(access_token)
+        url = self._url(self._settings.status_path, access_token)
+        body = await self._get_object("status", url, access_token, None, retry)
+        return parse_import_status(body, access_token, self._settings.expires_timezone)
+
+    async def get_exceptions(
+        self,
+        access_token: int,
+        *,
+        limit: int = 1000,
+        offset: int = 1,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> ExceptionsPage:
+        """Retrieve one page of exception records for an import.
+
+        Raises ValueError for a bad access token, limit (< 1) or offset (< 0),
+        and a typed ``errors.ApiError`` for anything the API does.
+        """
+        check_access_token(access_token)
+        for name, value, minimum in (("limit", limit, 1), ("offset", offset, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be a whole number of at least {minimum}")
+        url = self._url(self._settings.exceptions_path, access_token)
+        params = {"limit": str(limit), "offset": str(offset)}
+        body = await self._get_object("exceptions", url, access_token, params, retry)
+        return parse_exceptions_page(body)
+
+    def _url(self, template: str, access_token: int) -> str:
+        # str.replace, not str.format: a configured template with other braces
+        # must not turn into a KeyError at request time.
+        path = template.replace("{clientId}", quote(self._settings.client_id, safe=""))
+        path = path.replace("{accessToken}", str(access_token))
+        return self._base_url + path.lstrip("/")
+
+    async def _get_object(
+        self,
+        what: str,
+        url: str,
+        access_token: int,
+        params: Mapping[str, str] | None,
+        retry: RetryPolicy,
+    ) -> dict[str, Any]:
+        """GET ``url`` under the retry policy; return the decoded JSON object."""
+        # Time is accounted as measured request time plus the waits asked for, so
+        # the budget holds with the real clock and with an instant test ``sleep``.
+        spent = 0.0
+        failures = 0
+        attempt = 0
+        refreshed = False
+        while True:
+            attempt += 1
+            started = self._clock()
+            header: str | None = None
+            answer: _Answer | None = None
+            error: errors.ApiError | None = None
+            try:
+                # Bound each attempt by what is left of the budget, so a slow
+                # server cannot stretch one call past it.
+                async with asyncio.timeout(max(retry.budget_seconds - spent, 0.0)):
+                    header = await self._auth.header()
+                    answer = await self._send(url, params, header)
+            except TimeoutError:
+                error = errors.Timeout("no answer within the time budget")
+            except errors.ApiError as exc:
+                error = exc
+            elapsed = self._clock() - started
+            spent += elapsed
+            logger.debug(
+                "MyPreferences %s token=%d attempt=%d status=%s elapsed_ms=%d",
+                what,
+                access_token,
+                attempt,
+                answer.code if answer is not None else type(error).__name__,
+                round(elapsed * 1000),
+            )
+            if answer is not None:
+                if answer.body is not None:
+                    return answer.body
+                if (
+                    answer.code == 401
+                    and self._auth.can_refresh
+                    and not refreshed
+                    and spent < retry.budget_seconds
+                ):
+                    # Our bearer token may have been revoked or expired early:
+                    # one fresh token, one immediate retry. A second 401 means
+                    # the access token itself is unknown or expired.
+                    refreshed = True
+                    self._auth.invalidate(header)
+                    continue
+                error = errors.error_for_status(answer.code, answer.retry_after)
+            assert error is not None
+            failures += 1
+            if not error.transient or failures >= retry.attempts:
+                raise error
+            wait = self._backoff(retry, failures, error.retry_after)
+            if spent + wait >= retry.budget_seconds:
+                raise error
+            await self._sleep(wait)
+            spent += wait
+
+    def _backoff(self, retry: RetryPolicy, failures: int, retry_after: float | None) -> float:
+        """Equal jitter: half the exponential ceiling fixed, half random; Retry-After is a floor."""
+        # The exponent is capped so a large ``attempts`` cannot overflow a float.
+        ceiling = min(retry.max_delay, retry.base_delay * 2.0 ** min(failures - 1, 60))
+        wait = ceiling / 2 + self._random() * ceiling / 2
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return wait
+
+    async def _send(self, url: str, params: Mapping[str, str] | None, header: str) -> _Answer:
+        """One GET. Non-2xx answers are returned; transport and body trouble raise."""
+        try:
+            # httpx does not follow redirects by default: the Authorization header
+            # must never be replayed to another host.
+            async with self._http.stream(
+                "GET",
+                url,
+                params=params,
+                headers={"Authorization": header, "Accept": "application/json"},
+            ) as response:
+                code = response.status_code
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), self._wall_clock()
+                )
+                if not 200 <= code < 300:
+                    return _Answer(code, retry_after, None)
+                if _declared_too_large(response):
+                    raise errors.MalformedResponse("the answer is larger than 1 MiB")
+                raw = await read_limited(response, MAX_BODY_BYTES)
+        except httpx.TimeoutException as exc:
+            # Chaining keeps the cause for operators; httpx error messages carry
+            # no headers, so no secret reaches a traceback line.
+            raise errors.Timeout(f"request timed out ({type(exc).__name__})") from exc
+        except httpx.DecodingError as exc:
+            raise errors.MalformedResponse("the answer could not be decoded") from exc
+        except httpx.HTTPError as exc:
+            raise errors.Unavailable(f"network error ({type(exc).__name__})") from exc
+        if raw is None:
+            raise errors.MalformedResponse("the answer is larger than 1 MiB")
+        return _Answer(code, retry_after, _decode_object(raw))
+
+
+def _declared_too_large(response: httpx.Response) -> bool:
+    """True when an unencoded answer announces more than the limit (skip reading it)."""
+    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return False  # the declared length is the compressed size; read_limited decides
+    declared = response.headers.get("Content-Length", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return False
+    # Checking the length first keeps int() away from absurdly long digit strings.
+    return len(declared) > 12 or int(declared) > MAX_BODY_BYTES
+
+
+def _decode_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise errors.MalformedResponse("the answer is nested too deeply") from None
+    except ValueError:
+        raise errors.MalformedResponse("the answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise errors.MalformedResponse("the answer is not a JSON object")
+    return body

@@ -1,0 +1,122 @@
+"""Builds the running bot from settings: the one place where the parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import text
+
+from bot.config import Settings
+from bot.metrics import METRICS
+from bot.mypreferences.client import MyPreferencesClient
+from bot.service import ImportService
+from bot.slack.access import AccessControl
+from bot.slack.app import build_app
+from bot.store.engine import make_engine, migrate
+from bot.store.repo import Store
+from bot.watch.engine import Watcher
+from bot.watch.notifier import Notifier
+from bot.watch.scheduler import WatcherScheduler
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The bot, its watcher and their connections, for one process (one replica)."""
+
+    def __init__(self, settings: Settings, *, socket_mode: bool = False) -> None:
+        self.settings = settings
+        self.socket_mode = socket_mode
+        # Names this replica in leases; unique even when PIDs repeat across containers.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.engine = make_engine(settings.database_url)
+        self.store = Store(self.engine)
+        self.api = MyPreferencesClient(
+            settings, max_connections=max(100, settings.poll_concurrency + 20)
+        )
+        self.slack = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+        self.notifier = Notifier(
+            self.store, self.slack, self.owner, lease_seconds=settings.lease_seconds
+        )
+        self.watcher = Watcher(settings, self.store, self.api, self.notifier, self.owner)
+        self.scheduler = WatcherScheduler(self.watcher, settings.tick_seconds)
+        self.access = AccessControl(settings)
+        self.service = ImportService(settings, self.store, self.api, self.notifier)
+        self.app = build_app(
+            client=self.slack,
+            signing_secret=None if socket_mode else settings.slack_signing_secret,
+            service=self.service,
+            access=self.access,
+            store=self.store,
+        )
+        self.socket_handler: AsyncSocketModeHandler | None = None
+        self.started_at = time.monotonic()
+
+    def migrate(self) -> str:
+        return migrate(self.engine)
+
+    async def start(self) -> None:
+        self.scheduler.start()
+        if self.socket_mode:
+            self.socket_handler = AsyncSocketModeHandler(
+                self.app, str(self.settings.slack_app_token)
+            )
+            await self.socket_handler.connect_async()
+        log.info("bot started as %s", self.owner)
+
+    async def stop(self) -> None:
+        """Graceful: stop ticking, let the current tick finish (or release it), close."""
+        log.info("shutting down")
+        if self.socket_handler is not None:
+            await self.socket_handler.close_async()
+        await self.scheduler.stop(timeout=max(1.0, min(8.0, self.settings.lease_seconds)))
+        await self.api.aclose()
+        self.engine.dispose()
+        log.info("stopped")
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the database answers and the watcher ticks; the reason when not."""
+        body: dict[str, Any] = {"replica": self.owner}
+        problems: list[str] = []
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._ping_database), timeout=3)
+            body["database"] = "ok"
+        except Exception as exc:
+            body["database"] = "unreachable"
+            problems.append(f"database: {type(exc).__name__}")
+        last = self.watcher.last_tick_at
+        limit = max(60.0, self.settings.tick_seconds * 10)
+        if last is None:
+            age = time.monotonic() - self.started_at
+            body["watcher"] = "starting"
+            if age > limit:
+                problems.append("watcher: no tick finished since start")
+        else:
+            age = (self.watcher.clock() - last).total_seconds()
+            body["watcher"] = {"last_tick_seconds_ago": round(age, 1)}
+            if age > limit:
+                problems.append(f"watcher: last tick {age:.0f} s ago")
+        if self.socket_handler is not None:
+            connected = await self.socket_handler.client.is_connected()
+            body["socket"] = "connected" if connected else "disconnected"
+            if not connected:
+                problems.append("socket: disconnected")
+        body["status"] = "ok" if not problems else "unhealthy"
+        if problems:
+            body["problems"] = problems
+        return not problems, body
+
+    def _ping_database(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def refresh_gauges(self) -> None:
+        METRICS.set_watched(self.store.watched_imports_by_status())

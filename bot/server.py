@@ -1,0 +1,89 @@
+"""The HTTP surface: POST /slack/events, GET /healthz, GET /metrics (ASGI, served by uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bot.metrics import METRICS
+from bot.runtime import Runtime
+
+MAX_BODY_BYTES = 64 * 1024  # Slack's payloads are a few KB; anything far larger is not Slack
+
+
+def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
+    """The ASGI app; ``slack_routes=False`` for Socket Mode (health and metrics only)."""
+    handler = AsyncSlackRequestHandler(runtime.app)
+
+    async def slack_events(request: Request) -> Response:
+        return await handler.handle(request)
+
+    async def healthz(_: Request) -> Response:
+        ok, body = await runtime.health()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        await asyncio.to_thread(runtime.refresh_gauges)
+        return PlainTextResponse(
+            METRICS.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if slack_routes:
+        routes.append(Route("/slack/events", slack_events, methods=["POST"]))
+    return LimitBody(Starlette(routes=routes, lifespan=lifespan), MAX_BODY_BYTES)
+
+
+class LimitBody:
+    """Refuse request bodies over ``limit`` bytes with 413, before anyone reads them whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

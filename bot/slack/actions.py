@@ -1,0 +1,107 @@
+"""The buttons on status messages and tracking cards: Watch, Refresh, Stop watching."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot.clock import utcnow
+from bot.mypreferences.models import ImportStatus
+from bot.slack import render
+from bot.slack.commands import CommandHandler, guarded, parse_access_token
+
+log = logging.getLogger(__name__)
+
+
+class ActionHandler:
+    def __init__(self, commands: CommandHandler) -> None:
+        self.commands = commands
+
+    def register(self, app: AsyncApp) -> None:
+        app.action(render.ACTION_WATCH)(self.watch)
+        app.action(render.ACTION_REFRESH)(self.refresh)
+        app.action(render.ACTION_UNWATCH)(self.unwatch)
+
+    async def watch(self, ack: AsyncAck, respond: AsyncRespond, body: dict[str, Any]) -> None:
+        await ack()
+        click = _Click.from_body(body)
+        if click.token is None:
+            await respond(
+                **render.usage_message("That button carried no access token.").as_kwargs(),
+                response_type="ephemeral",
+                replace_original=False,
+            )
+            return
+        denial = await self.commands.access.check(click.team, click.channel, click.user, "watch")
+        token = click.token
+        message = (
+            render.notice(denial)
+            if denial
+            else await guarded(
+                token, lambda: self.commands.watch(click.team, click.channel, click.user, token)
+            )
+        )
+        await respond(response_type="ephemeral", replace_original=False, **message.as_kwargs())
+
+    async def refresh(self, ack: AsyncAck, respond: AsyncRespond, body: dict[str, Any]) -> None:
+        await ack()
+        click = _Click.from_body(body)
+        token = click.token
+        if token is None:
+            return
+        denial = await self.commands.access.check(click.team, click.channel, click.user, "lookup")
+        if denial:
+            await respond(
+                response_type="ephemeral",
+                replace_original=False,
+                **render.notice(denial).as_kwargs(),
+            )
+            return
+
+        async def fresh() -> render.Message:
+            status: ImportStatus = await self.commands.service.lookup(token)
+            watching = await self.commands.service.is_watched(click.team, click.channel, token)
+            return render.status_message(status, utcnow(), watching=watching)
+
+        message = await guarded(token, fresh)
+        # An ephemeral status message is replaced in place; a click on the channel's
+        # card gets a private answer (the card itself belongs to the watcher).
+        await respond(
+            response_type="ephemeral", replace_original=click.ephemeral, **message.as_kwargs()
+        )
+
+    async def unwatch(self, ack: AsyncAck, respond: AsyncRespond, body: dict[str, Any]) -> None:
+        await ack()
+        click = _Click.from_body(body)
+        token = click.token
+        if token is None:
+            return
+        message = await guarded(
+            token, lambda: self.commands.unwatch(click.team, click.channel, click.user, token)
+        )
+        await respond(response_type="ephemeral", replace_original=False, **message.as_kwargs())
+
+
+class _Click:
+    """The parts of a block_actions payload a button handler needs."""
+
+    def __init__(
+        self, team: str, channel: str, user: str, token: int | None, ephemeral: bool
+    ) -> None:
+        self.team, self.channel, self.user = team, channel, user
+        self.token, self.ephemeral = token, ephemeral
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> _Click:
+        actions = body.get("actions") or [{}]
+        value = str(actions[0].get("value", ""))
+        token = parse_access_token(value)
+        return cls(
+            team=str((body.get("team") or {}).get("id", "")),
+            channel=str((body.get("channel") or {}).get("id", "")),
+            user=str((body.get("user") or {}).get("id", "")),
+            token=token if isinstance(token, int) else None,
+            ephemeral=bool((body.get("container") or {}).get("is_ephemeral")),
+        )

@@ -1,0 +1,242 @@
+"""The ``/import-status`` slash command: parsing its text, and answering it.
+
+Every answer is acknowledged first. A quick answer goes in the
+acknowledgement itself; a slow one (the API is slow or down) is acknowledged
+with "Looking up…" and delivered through ``respond`` when ready, so Slack's
+3-second limit is never at risk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot.clock import utcnow
+from bot.metrics import METRICS
+from bot.mypreferences.errors import ApiError
+from bot.service import ImportService, WatchResult
+from bot.slack import render
+from bot.slack.access import AccessControl
+
+log = logging.getLogger(__name__)
+
+COMMAND = "/import-status"
+MAX_TOKEN_DIGITS = 18  # fits a signed 64-bit integer with room to spare
+MAX_TEXT_LENGTH = 200
+# How long a command may wait for the API before acknowledging with "Looking up…".
+QUICK_ANSWER_SECONDS = 1.5
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str  # lookup | watch | unwatch | list | help | invalid
+    access_token: int | None = None
+    problem: str | None = None
+
+
+_VERBS = {
+    "watch": "watch",
+    "subscribe": "watch",
+    "unwatch": "unwatch",
+    "unsubscribe": "unwatch",
+    "list": "list",
+    "help": "help",
+}
+
+
+def parse_command(text: str | None) -> Command:
+    """Turn the command's text into a Command; anything unexpected becomes ``invalid``."""
+    raw = (text or "").strip()
+    if len(raw) > MAX_TEXT_LENGTH:
+        return Command("invalid", problem="That text is too long.")
+    words = raw.split()
+    if not words:
+        return Command("help")
+    first = words[0].lower()
+    verb = _VERBS.get(first)
+    if verb in ("list", "help"):
+        if len(words) > 1:
+            return Command("invalid", problem=f"`{first}` takes no arguments.")
+        return Command(verb)
+    if verb in ("watch", "unwatch"):
+        if len(words) != 2:
+            return Command("invalid", problem=f"`{first}` needs exactly one access token.")
+        return _with_token(verb, words[1])
+    if len(words) == 1:
+        return _with_token("lookup", words[0])
+    return Command("invalid", problem="I did not understand that.")
+
+
+def _with_token(verb: str, word: str) -> Command:
+    token = parse_access_token(word)
+    if isinstance(token, str):
+        return Command("invalid", problem=token)
+    return Command(verb, access_token=token)
+
+
+def parse_access_token(word: str) -> int | str:
+    """The access token as an int, or a sentence saying what is wrong with it."""
+    # isdecimal() accepts other scripts' digits (e.g. Arabic-Indic); tokens are ASCII.
+    if not (word.isascii() and word.isdigit()):
+        return "An access token is a whole number, like `12345`."
+    if len(word.lstrip("0")) > MAX_TOKEN_DIGITS:
+        return "That access token is too long to be real."
+    token = int(word)
+    if token <= 0:
+        return "An access token is a positive number."
+    return token
+
+
+async def answer(
+    ack: AsyncAck,
+    respond: AsyncRespond,
+    work: Awaitable[render.Message],
+    pending_text: str,
+) -> None:
+    """Acknowledge with the answer if it is quick, else with ``pending_text`` then respond."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=QUICK_ANSWER_SECONDS)
+    if done:
+        message = task.result()
+        await ack(response_type="ephemeral", **message.as_kwargs())
+        return
+    await ack(response_type="ephemeral", text=pending_text)
+    message = await task
+    await respond(response_type="ephemeral", replace_original=False, **message.as_kwargs())
+
+
+async def guarded(
+    access_token: int | None, work: Callable[[], Awaitable[render.Message]]
+) -> render.Message:
+    """Turn API errors into the user's sentence and anything else into a short apology."""
+    try:
+        return await work()
+    except ApiError as exc:
+        return render.lookup_error_message(access_token, exc.user_message)
+    except Exception:
+        log.exception("command failed", extra={"token": access_token})
+        return render.lookup_error_message(
+            access_token, "Something went wrong inside the bot; the error has been logged."
+        )
+
+
+class CommandHandler:
+    def __init__(self, service: ImportService, access: AccessControl) -> None:
+        self.service = service
+        self.access = access
+
+    def register(self, app: AsyncApp) -> None:
+        app.command(COMMAND)(self.handle)
+
+    async def handle(self, ack: AsyncAck, respond: AsyncRespond, command: dict[str, Any]) -> None:
+        parsed = parse_command(command.get("text"))
+        METRICS.commands.labels(verb=parsed.verb).inc()
+        team_id = str(command.get("team_id", ""))
+        channel_id = str(command.get("channel_id", ""))
+        user_id = str(command.get("user_id", ""))
+        if parsed.verb == "invalid":
+            await ack(response_type="ephemeral", **render.usage_message(parsed.problem).as_kwargs())
+            return
+        if parsed.verb == "help":
+            await ack(response_type="ephemeral", **render.usage_message().as_kwargs())
+            return
+        if parsed.verb in ("lookup", "watch"):
+            denial = await self.access.check(team_id, channel_id, user_id, parsed.verb)
+            if denial is not None:
+                await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
+                return
+        token = parsed.access_token
+        if parsed.verb == "list":
+            await answer(
+                ack,
+                respond,
+                guarded(None, lambda: self._list(team_id, channel_id)),
+                "Looking up this channel's watches…",
+            )
+        elif parsed.verb == "lookup":
+            assert token is not None
+            await answer(
+                ack,
+                respond,
+                guarded(token, lambda: self._lookup(team_id, channel_id, user_id, token)),
+                f"Looking up import {token}…",
+            )
+        elif parsed.verb == "watch":
+            assert token is not None
+            await answer(
+                ack,
+                respond,
+                guarded(token, lambda: self.watch(team_id, channel_id, user_id, token)),
+                f"Checking import {token} before watching it…",
+            )
+        elif parsed.verb == "unwatch":
+            assert token is not None
+            await answer(
+                ack,
+                respond,
+                guarded(token, lambda: self.unwatch(team_id, channel_id, user_id, token)),
+                f"Stopping the watch of import {token}…",
+            )
+
+    async def _lookup(
+        self, team_id: str, channel_id: str, user_id: str, token: int
+    ) -> render.Message:
+        try:
+            status = await self.service.lookup(token)
+        except ApiError:
+            await self.access.record_failure(team_id, user_id)
+            raise
+        watching = await self.service.is_watched(team_id, channel_id, token)
+        return render.status_message(status, utcnow(), watching=watching)
+
+    async def watch(
+        self, team_id: str, channel_id: str, user_id: str, token: int
+    ) -> render.Message:
+        outcome = await self.service.watch(
+            team_id=team_id, channel_id=channel_id, user_id=user_id, access_token=token
+        )
+        if outcome.result is WatchResult.FINISHED:
+            message = render.status_message(outcome.status, utcnow(), watching=False)
+            note = (
+                f"Import {token} has already finished ({outcome.status.status.value}); "
+                "there is nothing left to watch."
+            )
+            return render.Message(
+                text=f"{note}\n{message.text}",
+                blocks=render.notice(note).blocks + message.blocks,
+            )
+        if outcome.result is WatchResult.ALREADY:
+            return render.notice(f"This channel is already watching import {token}.")
+        return render.notice(
+            f"Watching import {token} in this channel. I will post here when it moves, "
+            "finishes, fails or is about to expire."
+        )
+
+    async def unwatch(
+        self, team_id: str, channel_id: str, user_id: str, token: int
+    ) -> render.Message:
+        ended = await self.service.unwatch(
+            team_id=team_id, channel_id=channel_id, user_id=user_id, access_token=token
+        )
+        if not ended:
+            return render.notice(f"This channel is not watching import {token}.")
+        return render.notice(f"Stopped watching import {token} in this channel.")
+
+    async def _list(self, team_id: str, channel_id: str) -> render.Message:
+        watches = await self.service.watches(team_id, channel_id)
+        rows = [
+            render.WatchRow(
+                access_token=w.access_token,
+                name=w.name,
+                status=w.status,
+                subscribed_by=w.subscribed_by,
+                subscribed_at=w.subscribed_at,
+            )
+            for w in watches
+        ]
+        return render.watch_list_message(rows, utcnow())

@@ -1,0 +1,141 @@
+"""The database tables. Alembic migrations in ``migrations/`` create them.
+
+Every row that belongs to a workspace carries the Slack team id, and every
+import carries the MyPreferences clientId. No secret is ever stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class ImportRow(Base):
+    """One MyPreferences import the bot knows of, with its polling bookkeeping."""
+
+    __tablename__ = "imports"
+    __table_args__ = (UniqueConstraint("client_id", "access_token", name="uq_imports_token"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100))
+    access_token: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str | None] = mapped_column(String(20))
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    expires_at: Mapped[datetime | None]
+    # Bumped on every change the channel should see; the tracking cards follow it.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    # Counts status changes; part of each transition's event key.
+    transitions: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen_at: Mapped[datetime]
+    last_polled_at: Mapped[datetime | None]
+    last_changed_at: Mapped[datetime | None]
+    next_poll_at: Mapped[datetime] = mapped_column(index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    trouble_since: Mapped[datetime | None]
+    trouble_notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The first Processing observation, from which the processing rate (ETA) is measured.
+    rate_base_at: Mapped[datetime | None]
+    rate_base_done: Mapped[int | None] = mapped_column(BigInteger)
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]
+
+
+class SubscriptionRow(Base):
+    """A channel watching an import: (workspace, channel, import)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        Index(
+            "uq_subscriptions_active",
+            "team_id",
+            "channel_id",
+            "import_id",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+        Index("ix_subscriptions_import_state", "import_id", "state"),
+        Index("ix_subscriptions_channel", "team_id", "channel_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    import_id: Mapped[int] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"))
+    subscribed_by: Mapped[str] = mapped_column(String(32))
+    subscribed_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(10), default="active")  # active | ended
+    ended_at: Mapped[datetime | None]
+    ended_reason: Mapped[str | None] = mapped_column(String(200))
+    # The tracking message; a row, not memory, so the thread survives restarts.
+    tracking_ts: Mapped[str | None] = mapped_column(String(32))
+    # The card needs an edit while card_done < card_wanted.
+    card_wanted: Mapped[int] = mapped_column(Integer, default=1)
+    card_done: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]
+
+
+class NotificationRow(Base):
+    """One event for one subscription: the uniqueness rule makes it sendable once."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_key", name="uq_notifications_event"),
+        Index("ix_notifications_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(String(32))
+    event_key: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The import as it was when the event happened, so the message says what was true then.
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending | sent | dropped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(String(200))

@@ -1,0 +1,188 @@
+"""The product's rules, as pure functions: what a poll's outcome means for the channel.
+
+``decide`` takes what the bot remembered about an import, the outcome of one
+poll (a status, an API error, or "the token has expired") and the time, and
+returns the events to send and what to remember next. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from bot.mypreferences.errors import ApiError, TokenRejected
+from bot.mypreferences.models import ImportStatus, Status
+from bot.watch.events import Event, EventKind
+
+MILESTONES = (25, 50, 75)  # 100 % is announced by Completed
+
+
+@dataclass(frozen=True)
+class Rules:
+    expiry_warning: timedelta
+    trouble_after: timedelta
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the bot keeps about an import between polls (mirrors columns of ``imports``)."""
+
+    status: ImportStatus | None
+    transitions: int = 0
+    failures: int = 0
+    trouble_since: datetime | None = None
+    trouble_notified: bool = False
+    rate_base_at: datetime | None = None
+    rate_base_done: int | None = None
+
+
+class Expired:
+    """The outcome when the token's Expires has passed: the API is not asked any more."""
+
+
+EXPIRED = Expired()
+Outcome = ImportStatus | ApiError | Expired
+
+
+@dataclass(frozen=True)
+class Decision:
+    events: list[Event]
+    memory: Memory
+    #: True when the channel's card should be edited (what it shows has changed).
+    changed: bool
+    #: True when nothing more can happen to this import: stop watching it.
+    finished: bool
+
+
+def decide(memory: Memory, outcome: Outcome, now: datetime, rules: Rules) -> Decision:
+    """The events one poll outcome produces, and the memory to keep."""
+    if isinstance(outcome, Expired):
+        return _expired(memory, now)
+    if isinstance(outcome, ApiError):
+        expires = memory.status.expires if memory.status else None
+        if isinstance(outcome, TokenRejected) and expires is not None and now >= expires:
+            return _expired(memory, now)
+        return _failure(memory, now, rules, outcome)
+    return _success(memory, outcome, now, rules)
+
+
+def _expired(memory: Memory, now: datetime) -> Decision:
+    status = memory.status
+    if status is not None and status.status.is_terminal:
+        return Decision([], memory, changed=False, finished=True)
+    event = Event(
+        EventKind.EXPIRED,
+        "expired",
+        old_status=status.status if status else None,
+        expires=status.expires if status else None,
+    )
+    return Decision([event], memory, changed=True, finished=True)
+
+
+def _failure(memory: Memory, now: datetime, rules: Rules, error: ApiError) -> Decision:
+    since = memory.trouble_since or now
+    events: list[Event] = []
+    notified = memory.trouble_notified
+    if not notified and now - since >= rules.trouble_after:
+        events.append(
+            Event(EventKind.API_TROUBLE, f"trouble:{since.isoformat()}", detail=error.user_message)
+        )
+        notified = True
+    new_memory = replace(
+        memory, failures=memory.failures + 1, trouble_since=since, trouble_notified=notified
+    )
+    return Decision(events, new_memory, changed=False, finished=False)
+
+
+def _success(memory: Memory, new: ImportStatus, now: datetime, rules: Rules) -> Decision:
+    old = memory.status
+    events: list[Event] = []
+    if memory.trouble_notified and memory.trouble_since is not None:
+        events.append(Event(EventKind.RECOVERED, f"recovered:{memory.trouble_since.isoformat()}"))
+    transitions = memory.transitions
+    if old is not None and old.status is not new.status:
+        transitions += 1
+        events.append(
+            Event(
+                EventKind.TRANSITION,
+                f"transition:{transitions}:{new.status.value}",
+                old_status=old.status,
+                new_status=new.status,
+            )
+        )
+    milestone = crossed_milestone(old, new)
+    if milestone is not None:
+        events.append(Event(EventKind.MILESTONE, f"milestone:{milestone}", milestone=milestone))
+    if _in_warning_window(new, now, rules):
+        # State-based, not edge-based: a channel that starts watching inside the
+        # window is warned too. The database's uniqueness rule keeps it to once.
+        events.append(
+            Event(
+                EventKind.EXPIRY_WARNING,
+                "expiry_warning",
+                new_status=new.status,
+                expires=new.expires,
+            )
+        )
+    rate_at, rate_done = _rate_base(memory, new, now)
+    new_memory = Memory(
+        status=new,
+        transitions=transitions,
+        failures=0,
+        trouble_since=None,
+        trouble_notified=False,
+        rate_base_at=rate_at,
+        rate_base_done=rate_done,
+    )
+    finished = new.status.is_terminal
+    if not finished and new.expires is not None and now >= new.expires:
+        # The API still answered, but the token is past its time: say so once and stop.
+        expired = _expired(new_memory, now)
+        return Decision(events + expired.events, new_memory, changed=True, finished=True)
+    return Decision(events, new_memory, changed=new != old, finished=finished)
+
+
+def crossed_milestone(old: ImportStatus | None, new: ImportStatus) -> int | None:
+    """The highest 25 % milestone reached by this poll and not before, while records move."""
+    if not new.status.is_active or new.progress is None:
+        return None
+    reached = [m for m in MILESTONES if new.progress * 100 >= m]
+    if not reached:
+        return None
+    before = old.progress if old is not None and old.progress is not None else 0.0
+    if old is not None and old.status.is_terminal:
+        before = 0.0
+    highest = reached[-1]
+    return highest if before * 100 < highest else None
+
+
+def _in_warning_window(status: ImportStatus, now: datetime, rules: Rules) -> bool:
+    if status.status.is_terminal or status.expires is None:
+        return False
+    return status.expires - rules.expiry_warning <= now < status.expires
+
+
+def _rate_base(
+    memory: Memory, new: ImportStatus, now: datetime
+) -> tuple[datetime | None, int | None]:
+    """Keep the first Processing observation as the base for the processing rate."""
+    if new.status is not Status.PROCESSING or new.done is None:
+        return None, None
+    base_at, base_done = memory.rate_base_at, memory.rate_base_done
+    if base_at is not None and base_done is not None and new.done >= base_done:
+        return base_at, base_done
+    return now, new.done
+
+
+def estimate_seconds_left(
+    status: ImportStatus, base_at: datetime | None, base_done: int | None, now: datetime
+) -> float | None:
+    """Seconds until Processing finishes at the rate seen since ``base``; None if unknown."""
+    if status.status is not Status.PROCESSING or base_at is None or base_done is None:
+        return None
+    done, total = status.done, status.validation_successful
+    elapsed = (now - base_at).total_seconds()
+    if done is None or not total or elapsed <= 0 or done <= base_done:
+        return None
+    rate = (done - base_done) / elapsed
+    return max(0.0, (total - done) / rate)

@@ -1,0 +1,74 @@
+"""APScheduler wiring: one interval job per replica that runs the watcher's tick.
+
+Replicas share work through database leases, not through APScheduler (its
+3.x job stores cannot be shared between processes), so the job store is in
+memory. ``max_instances=1`` and ``coalesce`` keep a slow tick from overlapping
+itself or piling up missed runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.watch.engine import Watcher
+
+log = logging.getLogger(__name__)
+
+
+class _SkipOverlapNotice(logging.Filter):
+    """A tick longer than the interval is normal under load; the skipped run is not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+class WatcherScheduler:
+    def __init__(self, watcher: Watcher, tick_seconds: float) -> None:
+        self.watcher = watcher
+        self.tick_seconds = tick_seconds
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._running: asyncio.Task[object] | None = None
+        logging.getLogger("apscheduler.scheduler").addFilter(_SkipOverlapNotice())
+
+    def start(self) -> None:
+        """Start ticking now and every ``tick_seconds``. Call with the event loop running."""
+        self._scheduler.add_job(
+            self._tick,
+            "interval",
+            seconds=self.tick_seconds,
+            id="watcher-tick",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
+
+    async def _tick(self) -> None:
+        self._running = asyncio.current_task()
+        try:
+            await self.watcher.tick()
+        finally:
+            self._running = None
+
+    async def stop(self, timeout: float = 8.0) -> None:
+        """Stop taking new work; let the current tick finish, or abandon it after ``timeout``.
+
+        An abandoned tick leaves nothing half-done: its leases are released so
+        another replica (or the next start) polls those imports again.
+        """
+        self.watcher.stopping = True
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        task = self._running
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                log.warning("the current tick did not finish in %.0f s; abandoning it", timeout)
+                task.cancel()
+        await asyncio.to_thread(self.watcher.store.release_leases, self.watcher.owner)
