@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from bot.mypreferences.models import ImportStatus, Status
 from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
@@ -526,7 +527,7 @@ class Store:
             )
 
     def delivery(self, subscription_id: int) -> Delivery | None:
-        with self.engine.connect() as conn:
+        with Session(self.engine) as conn:
             row = conn.execute(
                 select(SubscriptionRow, ImportRow)
                 .join(ImportRow, ImportRow.id == SubscriptionRow.import_id)

@@ -63,7 +63,7 @@ class WatcherScheduler:
         """
         self.watcher.stopping = True
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+            self._scheduler.pause()  # no new ticks; shutdown() would cancel the running one
         task = self._running
         if task is not None and not task.done():
             try:
@@ -71,4 +71,6 @@ class WatcherScheduler:
             except TimeoutError:
                 log.warning("the current tick did not finish in %.0f s; abandoning it", timeout)
                 task.cancel()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
         await asyncio.to_thread(self.watcher.store.release_leases, self.watcher.owner)

@@ -1,0 +1,175 @@
+"""The whole system on one machine: simulator, emulator and real bot processes.
+
+Used by ``demo``, the integration tests and the benchmarks. The bot runs as
+a real ``import-status-bot serve`` process (so it can be killed with SIGKILL
+or SIGTERM); the MyPreferences simulator and the Slack emulator are real HTTP
+servers on free local ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot.devserver import ServerThread
+from bot.mypreferences.simulator import DEFAULT_AUTHORIZATION, Simulator, base_url
+from bot.slack.emulator import SlackEmulator, SlackUser
+
+SIGNING_SECRET = "harness-signing-secret-8f2c1e"
+BOT_TOKEN = "xoxb-emulator-token"
+CLIENT_ID = "ACME"
+_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+
+
+class BotProcess:
+    """One ``import-status-bot`` process (one replica), its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "serve") -> None:
+        self.env = env
+        self.log_path = log_path
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> BotProcess:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot", self.command],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _LISTENING.search(self.log_text()[offset:])
+            if found:
+                self.url = f"http://{found.group(1)}:{found.group(2)}"
+                break
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the bot exited at start:\n{self.log_text()[offset:]}")
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"the bot did not start:\n{self.log_text()[offset:]}")
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code in (200, 503):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the bot never answered /healthz")
+
+    @property
+    def events_url(self) -> str:
+        return self.url + "/slack/events"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Harness:
+    """Simulator + emulator servers and a factory for bot processes sharing one database."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        database_url: str | None = None,
+        poll_interval: float = 1.0,
+        env: dict[str, str] | None = None,
+        quiet_logs: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sim = Simulator(client_id=CLIENT_ID)
+        self.emulator = SlackEmulator(bot_token=BOT_TOKEN)
+        self.sim_server = ServerThread(self.sim.app).start()
+        self.slack_server = ServerThread(self.emulator.app).start()
+        self.emulator.set_url(self.slack_server.url)
+        self.database_url = database_url or f"sqlite:///{workdir / 'bot.db'}"
+        self.base_env: dict[str, str] = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "MYPREF"))},
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": self.emulator.api_url(self.slack_server.url),
+            "MYPREFERENCES_API_URL": base_url(self.sim_server.url),
+            "MYPREFERENCES_CLIENT_ID": CLIENT_ID,
+            "MYPREFERENCES_AUTHORIZATION": DEFAULT_AUTHORIZATION,
+            "DATABASE_URL": self.database_url,
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "POLL_INTERVAL_SECONDS": str(poll_interval),
+            "IDLE_POLL_INTERVAL_SECONDS": str(poll_interval * 3),
+            "MAX_BACKOFF_SECONDS": str(max(poll_interval * 8, 4)),
+            "TICK_SECONDS": str(min(0.25, poll_interval / 4)),
+            "LEASE_SECONDS": "5",
+            "LOOKUP_BUDGET_SECONDS": "6",
+            "HTTP_TIMEOUT_SECONDS": "3",
+            "LOG_LEVEL": "WARNING" if quiet_logs else "INFO",
+            **(env or {}),
+        }
+        self.bots: list[BotProcess] = []
+
+    def start_bot(self, command: str = "serve", **env: Any) -> BotProcess:
+        name = f"bot-{len(self.bots) + 1}.log"
+        merged = {**self.base_env, **{k: str(v) for k, v in env.items()}}
+        bot = BotProcess(merged, self.workdir / name, command).start()
+        self.bots.append(bot)
+        return bot
+
+    def restart(self, bot: BotProcess) -> BotProcess:
+        """Start the same replica again (same log file), after a kill or a stop."""
+        return bot.start()
+
+    def user(self, bot: BotProcess, channel_id: str = "C0001", user_id: str = "U0001") -> SlackUser:
+        return SlackUser(
+            bot.events_url, SIGNING_SECRET, self.emulator, channel_id=channel_id, user_id=user_id
+        )
+
+    def close(self) -> None:
+        for bot in self.bots:
+            if bot.running():
+                try:
+                    bot.terminate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    bot.kill()
+        self.sim_server.stop()
+        self.slack_server.stop()
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
