@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from bot.config import ConfigError, Need, Settings, load_settings
-from bot.logs import setup_logging
+from bot.logs import STARTUP_LOGGER, setup_logging
 
 log = logging.getLogger("bot")
 
@@ -102,7 +102,7 @@ def _migrate() -> int:
 
 def _status(raw_token: str) -> int:
     from bot.clock import utcnow
-    from bot.mypreferences.client import MyPreferencesClient
+    from bot.mypreferences.client import MyPreferencesClient, RetryPolicy
     from bot.mypreferences.errors import ApiError
     from bot.slack.commands import parse_access_token
     from bot.terminal import format_status
@@ -112,11 +112,13 @@ def _status(raw_token: str) -> int:
         print(f"import-status-bot: {token.replace('`', '')}", file=sys.stderr)
         return EXIT_USAGE
     settings = _settings({Need.API})
+    # The same budget as a lookup in Slack, so LOOKUP_BUDGET_SECONDS bounds this too.
+    retry = RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
 
     async def lookup() -> int:
         async with MyPreferencesClient(settings) as client:
             try:
-                status = await client.get_status(token)
+                status = await client.get_status(token, retry=retry)
             except ApiError as exc:
                 print(f"import-status-bot: import {token}: {exc.user_message}", file=sys.stderr)
                 return exc.exit_code
@@ -151,6 +153,7 @@ def _serve(*, socket_mode: bool) -> int:
         limit_concurrency=1000,
     )
     server = uvicorn.Server(config)
-    log.info("listening on http://%s:%d (%s mode)", host, port, "socket" if socket_mode else "HTTP")
+    mode = "socket" if socket_mode else "HTTP"
+    logging.getLogger(STARTUP_LOGGER).info("listening on http://%s:%d (%s mode)", host, port, mode)
     server.run(sockets=[sock])
     return EXIT_OK

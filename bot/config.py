@@ -170,7 +170,7 @@ def load_settings(
         lease_seconds=reader.number("LEASE_SECONDS", 60.0, minimum=1),
         api_trouble_minutes=reader.number("API_TROUBLE_MINUTES", 15.0, minimum=0),
         expiry_warning_minutes=reader.number("EXPIRY_WARNING_MINUTES", 60.0, minimum=0),
-        host=reader.text("HOST") or "0.0.0.0",
+        host=reader.host("HOST") or "0.0.0.0",
         port=int(reader.number("PORT", 3000, minimum=0, maximum=65535, integer=True)),
         log_level=reader.choice(
             "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", upper=True
@@ -216,6 +216,15 @@ class _Reader:
         value = self.text(name, required)
         if value and not re.match(r"^https?://[^\s/]+", value):
             raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+        return value
+
+    def host(self, name: str) -> str:
+        value = self.text(name)
+        # A host name or an IPv4/IPv6 address; anything else would only fail at bind time.
+        if value and not re.fullmatch(r"[A-Za-z0-9.\-:]{1,253}", value):
+            raise ConfigError(
+                f"{name}: expected a host name or IP address such as 0.0.0.0, got {value!r}"
+            )
         return value
 
     def database_url(self, name: str, default: str) -> str:

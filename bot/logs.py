@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 REDACTED = "[REDACTED]"
+# Where the process listens is logged whatever LOG_LEVEL says: supervisors and the
+# test harness read that line to find the port (PORT=0 picks a free one).
+STARTUP_LOGGER = "bot.startup"
 # Extra fields our log calls attach; shown as key=value in text and as keys in JSON.
 CONTEXT_FIELDS = ("token", "team", "channel", "user", "event", "subscription", "failures")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -94,3 +97,4 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger(STARTUP_LOGGER).setLevel(min(logging.INFO, root.level))

@@ -58,6 +58,7 @@ class Runtime:
             store=self.store,
         )
         self.socket_handler: AsyncSocketModeHandler | None = None
+        self._socket_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
 
     def migrate(self) -> str:
@@ -69,12 +70,34 @@ class Runtime:
             self.socket_handler = AsyncSocketModeHandler(
                 self.app, str(self.settings.slack_app_token)
             )
-            await self.socket_handler.connect_async()
+            self._socket_task = asyncio.create_task(self._connect_socket(self.socket_handler))
         log.info("bot started as %s", self.owner)
+
+    async def _connect_socket(self, handler: AsyncSocketModeHandler) -> None:
+        """Connect to Slack, retrying with backoff: a Slack outage at start is not fatal.
+
+        Once connected, slack-sdk's client reconnects by itself.
+        """
+        delay = 1.0
+        while True:
+            try:
+                await handler.connect_async()
+                log.info("Socket Mode connected")
+                return
+            except Exception as exc:
+                log.error(
+                    "Socket Mode connection failed (%s); retrying in %.0f s",
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
 
     async def stop(self) -> None:
         """Graceful: stop ticking, let the current tick finish (or release it), close."""
         log.info("shutting down")
+        if self._socket_task is not None:
+            self._socket_task.cancel()
         if self.socket_handler is not None:
             await self.socket_handler.close_async()
         await self.scheduler.stop(timeout=max(1.0, min(8.0, self.settings.lease_seconds)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
@@ -16,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.metrics import METRICS
 from bot.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 MAX_BODY_BYTES = 64 * 1024  # Slack's payloads are a few KB; anything far larger is not Slack
 
 
@@ -24,7 +27,14 @@ def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
     handler = AsyncSlackRequestHandler(runtime.app)
 
     async def slack_events(request: Request) -> Response:
-        return await handler.handle(request)
+        try:
+            return await handler.handle(request)
+        except ValueError:
+            # Bolt decodes the body (UTF-8, then the ``payload`` JSON) before it checks
+            # the signature; a body that is neither is bad input, not a server error.
+            # Listener errors never get here: Bolt handles those itself.
+            log.warning("refused a Slack request whose body could not be decoded")
+            return PlainTextResponse("malformed request body", status_code=400)
 
     async def healthz(_: Request) -> Response:
         ok, body = await runtime.health()
@@ -68,22 +78,26 @@ class LimitBody:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
             return
+        # Read the whole body here, before the app sees any of it: an exception raised
+        # from inside the app would reach Starlette's error middleware, which answers
+        # 500 itself (a chunked body without Content-Length took that path).
+        chunks: list[Message] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        more_body = True
+        while more_body:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                await PlainTextResponse("request body too large", status_code=413)(
+                    scope, receive, send
+                )
+                return
+            chunks.append(message)
+            more_body = bool(message.get("more_body", False))
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
+        async def replay() -> Message:
+            return chunks.pop(0) if chunks else await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)

@@ -612,6 +612,16 @@ class Store:
                 )
             )
 
+    def drop_notification(self, notification_id: int, error: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == notification_id)
+                .values(
+                    state=DROPPED, last_error=error[:200], attempts=NotificationRow.attempts + 1
+                )
+            )
+
     def end_subscription(self, subscription_id: int, reason: str, now: datetime) -> None:
         """The channel is gone or the token revoked: end it, drop what cannot be sent."""
         with self.engine.begin() as conn:

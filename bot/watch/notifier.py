@@ -30,6 +30,12 @@ REVOKED_ERRORS = frozenset(
     {"token_revoked", "invalid_auth", "account_inactive", "not_authed", "team_not_found"}
 )
 CARD_GONE_ERRORS = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+# Slack errors worth trying again later; any other error means this message can never
+# be sent as it is, so it is given up after MAX_ATTEMPTS.
+TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+MAX_ATTEMPTS = 8
 # Rate-limit waits up to this long are waited out in place; longer ones are rescheduled.
 MAX_INLINE_WAIT_SECONDS = 10.0
 MAX_RETRY_DELAY_SECONDS = 600.0
@@ -62,19 +68,20 @@ class Notifier:
 
     async def deliver_due(self) -> int:
         """Deliver everything that is due, for every subscription this replica can lease."""
-        delivered = 0
+        attempted: set[int] = set()
+        batch = self._concurrency * 10
         while True:
             ids = await asyncio.to_thread(
-                self.store.claim_deliveries,
-                self.owner,
-                self.clock(),
-                self._concurrency * 5,
-                self.lease_seconds,
+                self.store.claim_deliveries, self.owner, self.clock(), batch, self.lease_seconds
             )
-            if not ids:
-                return delivered
-            await asyncio.gather(*(self._deliver_leased(i) for i in ids))
-            delivered += len(ids)
+            fresh = [i for i in ids if i not in attempted]
+            for stale in set(ids) - set(fresh):
+                # Tried once this tick already (e.g. a card edit Slack refused): next tick.
+                await asyncio.to_thread(self.store.release_subscription, stale, self.owner)
+            await asyncio.gather(*(self._deliver_leased(i) for i in fresh))
+            attempted.update(fresh)
+            if len(ids) < batch or not fresh:
+                return len(attempted)
 
     async def deliver_now(self, subscription_id: int) -> None:
         """Deliver one subscription right away (the watch command posts its card)."""
@@ -213,17 +220,45 @@ class Notifier:
                 if error in LOST_CHANNEL_ERRORS or error in REVOKED_ERRORS:
                     await self._end(d, error)
                     raise _Stop() from exc
-                await self._reschedule(notification, error or f"HTTP {status}", None)
+                if notification is None and error and error not in TRANSIENT_ERRORS:
+                    # A card Slack will never accept: log it once and stop editing it.
+                    log.error(
+                        "Slack refused the tracking card (%s)",
+                        error,
+                        extra={"channel": d.channel_id, "token": d.access_token},
+                    )
+                    await asyncio.to_thread(
+                        self.store.mark_card_done, d.subscription_id, d.card_wanted
+                    )
+                    raise _Stop() from exc
+                permanent = bool(error) and error not in TRANSIENT_ERRORS
+                await self._reschedule(notification, error or f"HTTP {status}", None, permanent)
                 raise _Stop() from exc
             except (TimeoutError, OSError) as exc:
                 await self._reschedule(notification, type(exc).__name__, None)
                 raise _Stop() from exc
 
     async def _reschedule(
-        self, notification: PendingNotification | None, error: str, wait: float | None
+        self,
+        notification: PendingNotification | None,
+        error: str,
+        wait: float | None,
+        permanent: bool = False,
     ) -> None:
         if notification is None:
             return  # a card edit is simply tried again on a later tick
+        if permanent or notification.attempts + 1 >= MAX_ATTEMPTS:
+            log.error(
+                "giving up on a notification after %d attempts (%s)",
+                notification.attempts + 1,
+                error,
+                extra={"event": notification.event.key},
+            )
+            METRICS.notifications.labels(
+                kind=notification.event.kind.value, outcome="dropped"
+            ).inc()
+            await asyncio.to_thread(self.store.drop_notification, notification.id, error)
+            return
         delay = (
             wait
             if wait is not None
