@@ -10,9 +10,11 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from bot.config import ConfigError, Need, Settings, load_settings
 from bot.logs import STARTUP_LOGGER, setup_logging
@@ -152,8 +154,27 @@ def _serve(*, socket_mode: bool) -> int:
         timeout_graceful_shutdown=8,
         limit_concurrency=1000,
     )
-    server = uvicorn.Server(config)
+    server = _graceful_server_class()(config)
     mode = "socket" if socket_mode else "HTTP"
     logging.getLogger(STARTUP_LOGGER).info("listening on http://%s:%d (%s mode)", host, port, mode)
     server.run(sockets=[sock])
     return EXIT_OK
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """SIGTERM is how services are stopped: shut down gracefully, then exit 0.
+
+        (uvicorn re-raises a captured signal after shutting down, which would make
+        the process die by SIGTERM, exit status 143, after a perfectly clean stop.)
+        """
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGTERM:
+                self.should_exit = True
+                return
+            super().handle_exit(sig, frame)
+
+    return GracefulServer

@@ -50,6 +50,14 @@ class BotProcess:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+        try:
+            return self._wait_ready(offset, timeout)
+        except BaseException:
+            self.kill()  # never leave a half-started bot behind (timeout, Ctrl-C)
+            raise
+
+    def _wait_ready(self, offset: int, timeout: float) -> BotProcess:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = _LISTENING.search(self.log_text()[offset:])

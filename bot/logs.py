@@ -40,7 +40,12 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A log call whose arguments do not fit its format string: logging itself
+            # would report it and go on, so a filter must not raise into the caller.
+            message = f"{record.msg} {record.args!r}"
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.msg, record.args = self.redact(message), None
@@ -49,8 +54,14 @@ class RedactSecrets(logging.Filter):
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
         for key, value in list(record.__dict__.items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, self.redact(value))
+            if key in _STANDARD or isinstance(value, int | float | bool | None):
+                continue
+            # The formatters show any other extra value with str(): redact that text.
+            try:
+                text = value if isinstance(value, str) else str(value)
+            except Exception:
+                text = f"<unprintable {type(value).__name__}>"
+            setattr(record, key, self.redact(text))
         return True
 
 

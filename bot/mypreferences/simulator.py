@@ -557,14 +557,18 @@ class Simulator:
         return Response(status_code=204)
 
     async def _control_calls(self, request: Request) -> Response:
+        # ?by_token=0 leaves the per-token counts out: a cheap poll for benchmarks.
+        with_tokens = request.query_params.get("by_token") != "0"
         with self._lock:
-            by_token = {str(t): n for t, n in self._status_counts.items() if t is not None}
-            summary = {
+            summary: dict[str, object] = {
                 "status_calls": self._status_total,
-                "by_token": by_token,
                 "exceptions_calls": self._exceptions_total,
                 "token_requests": self.token_requests,
             }
+            if with_tokens:
+                summary["by_token"] = {
+                    str(t): n for t, n in self._status_counts.items() if t is not None
+                }
         return _json_response(summary)
 
     async def _control_reset_calls(self, request: Request) -> Response:
@@ -755,6 +759,32 @@ def seed_demo_imports(sim: Simulator, first_token: int = 1001) -> list[int]:
     return [moving, done, failed, expiring, idle]
 
 
+SEED_FIRST_TOKEN = 100_000
+
+
+def seed_bulk_imports(sim: Simulator, count: int, first_token: int = SEED_FIRST_TOKEN) -> range:
+    """Add ``count`` identical Processing imports (for benchmarks); returns their tokens.
+
+    They share one Expires and never move, so every poll of them is an unchanged poll.
+    """
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(
+        hours=DEFAULT_TOKEN_LIFETIME_HOURS
+    )
+    tokens = range(first_token, first_token + count)
+    for token in tokens:
+        sim.add_import(
+            token,
+            status="Processing",
+            expires=expires,
+            TotalRecordsReceived=10_000,
+            ValidationSuccessful=9_900,
+            ValidationFailed=100,
+            Processed=1_000,
+            Pending=8_900,
+        )
+    return tokens
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator with demo imports and print how to point the bot at it."""
     import uvicorn  # only the command line needs it here
@@ -764,10 +794,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--client-id", default="ACME")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per status answer")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"also add N identical Processing imports, tokens {SEED_FIRST_TOKEN} upwards",
+    )
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error("--seed must not be negative")
 
     sim = Simulator(client_id=args.client_id, response_delay=args.delay)
     tokens = seed_demo_imports(sim)
+    if args.seed:
+        seeded = seed_bulk_imports(sim, args.seed)
+        print(f"Seeded {len(seeded)} Processing imports: tokens {seeded[0]}..{seeded[-1]}")
     server_url = f"http://{args.host}:{args.port}/"
     print("MyPreferences simulator. Point the bot at it with:")
     print(f"  export MYPREFERENCES_API_URL={shlex.quote(base_url(server_url))}")

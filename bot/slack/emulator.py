@@ -155,6 +155,7 @@ class _ResponseUrl:
     message_ts: str | None
     user: str | None
     posts: list[JSON] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)  # time.monotonic(), one per post
 
 
 @dataclass
@@ -746,6 +747,11 @@ class SlackEmulator:
         with self._lock:
             return list(self._response_urls[_response_id(url_or_id)].posts)
 
+    def response_times(self, url_or_id: str) -> list[float]:
+        """When each accepted post to a response_url arrived (``time.monotonic()``), in order."""
+        with self._lock:
+            return list(self._response_urls[_response_id(url_or_id)].received_at)
+
     # ----------------------------------------------------------------- Web API core
 
     def _new_ts(self) -> str:
@@ -985,7 +991,7 @@ class SlackEmulator:
 
     # ----------------------------------------------------------------- response_url core
 
-    def _respond(self, rid: str, payload: JSON) -> Response:
+    def _respond(self, rid: str, payload: JSON, arrived: float) -> Response:
         """Record one response_url post and apply what Slack would show; lock held."""
         target = self._response_urls.get(rid)
         if target is None:
@@ -1003,6 +1009,7 @@ class SlackEmulator:
         if not delete and not text and not blocks:
             return PlainTextResponse("no_text", status_code=400)
         target.posts.append(payload)
+        target.received_at.append(arrived)
         original = (
             self._by_ts.get((target.channel, target.message_ts))
             if target.channel and target.message_ts
@@ -1059,6 +1066,7 @@ class SlackEmulator:
         return JSONResponse(outcome.body, outcome.status_code, outcome.headers)
 
     async def _http_response_url(self, request: Request) -> Response:
+        arrived = time.monotonic()
         body = await request.body()
         try:
             if "json" in request.headers.get("content-type", "json"):
@@ -1070,7 +1078,7 @@ class SlackEmulator:
         if not isinstance(payload, dict):
             return PlainTextResponse("invalid_payload", status_code=400)
         with self._lock:
-            return self._respond(request.path_params["rid"], payload)
+            return self._respond(request.path_params["rid"], payload, arrived)
 
     async def _http_messages(self, request: Request) -> Response:
         channel = request.query_params.get("channel")

@@ -458,11 +458,15 @@ class Store:
                 for event in result.decision.events
                 for sub in subscriptions
             ]
-            created = conn.execute(
-                self._dialect.insert(NotificationRow)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["subscription_id", "event_key"])
-            ).rowcount
+            # Count RETURNING rows: psycopg's rowcount reads 0 once an INSERT's cursor is closed.
+            created = len(
+                conn.execute(
+                    self._dialect.insert(NotificationRow)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["subscription_id", "event_key"])
+                    .returning(NotificationRow.id)
+                ).all()
+            )
         ids = [sub.id for sub in subscriptions]
         if result.decision.changed:
             conn.execute(
@@ -509,7 +513,12 @@ class Store:
     def claim_subscription(
         self, subscription_id: int, owner: str, now: datetime, lease_seconds: float
     ) -> bool:
-        """Lease one subscription (the watch command delivers its card right away)."""
+        """Lease one subscription (the watch command delivers its card right away).
+
+        A lease held by this same replica counts too: the watcher's tick may be
+        delivering this subscription at this moment, and two deliveries at once
+        would post the card (or a notification) twice. The tick delivers it then.
+        """
         with self.engine.begin() as conn:
             return bool(
                 conn.execute(
@@ -519,7 +528,6 @@ class Store:
                         or_(
                             SubscriptionRow.lease_until.is_(None),
                             SubscriptionRow.lease_until < now,
-                            SubscriptionRow.lease_owner == owner,
                         ),
                     )
                     .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))

@@ -1,0 +1,260 @@
+"""The poll engine: one full cycle over N watched imports with the real Watcher.
+
+The simulator runs in its own process (seeded with N identical Processing
+imports, each answer delayed by D seconds), so this process's CPU time is the
+bot's alone. N imports and subscriptions are written straight into a scratch
+database, all due now, and one ``Watcher.tick()`` polls them all, C requests
+at a time. Every poll is unchanged, so nothing is sent to Slack.
+
+Measured: the cycle time against the lower bound N*D/C, CPU ms per poll,
+database rows written per poll (an ``after_cursor_execute`` listener sums the
+rowcount of INSERT/UPDATE/DELETE statements), peak RSS, and a baseline: the
+sequential loop a user would write by hand with the same client, over a
+sample, extrapolated to N.
+
+    .venv/bin/python -m bench.poll_engine                    # N=10000 D=0.05 C=50, SQLite
+    .venv/bin/python -m bench.poll_engine -n 1000            # a quick run
+    .venv/bin/python -m bench.poll_engine --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import logging
+import multiprocessing
+import resource
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import Engine, event
+
+from bench.common import (
+    SimulatorProcess,
+    print_machine,
+    scratch_database,
+    seed_watches,
+    table,
+    write_json,
+)
+from bot.config import Need, load_settings
+from bot.mypreferences.client import MyPreferencesClient
+from bot.mypreferences.models import ImportStatus
+from bot.store.engine import make_engine, migrate
+from bot.store.repo import Store
+from bot.watch.engine import Watcher
+from bot.watch.notifier import Notifier
+
+OWNER = "bench-poll-engine"
+
+
+class WriteCounter:
+    """Rows written, from each INSERT/UPDATE/DELETE's cursor.rowcount."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        self.statements: dict[str, int] = {}
+        # SQLite reports the rowcount of an UPDATE ... RETURNING only once its rows
+        # are fetched; psycopg reports it at once (and 0 after the cursor closes).
+        # So the cursors are kept and the larger of the two readings counts.
+        self._cursors: list[tuple[str, Any, int]] = []
+        event.listen(engine, "after_cursor_execute", self._after)
+
+    def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        if verb not in ("INSERT", "UPDATE", "DELETE"):
+            return
+        kind = "lease claims" if "RETURNING" in statement.upper() else "result saves"
+        with self._lock:
+            self.statements[kind] = self.statements.get(kind, 0) + 1
+            self._cursors.append((kind, cursor, cursor.rowcount))
+
+    def rows(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        with self._lock:
+            for kind, cursor, early in self._cursors:
+                totals[kind] = totals.get(kind, 0) + max(early, cursor.rowcount, 0)
+        return totals
+
+    def reset(self) -> None:
+        with self._lock:
+            self.statements.clear()
+            self._cursors.clear()
+
+
+def _seed(database_url: str, template: dict[str, Any], tokens: Sequence[int]) -> None:
+    """Runs in a child process, so seeding does not count in this process's peak RSS."""
+    engine = make_engine(database_url)
+    seed_watches(engine, ImportStatus.from_json(template), tokens, datetime.now(UTC))
+    engine.dispose()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    n, delay, concurrency = args.imports, args.delay, args.concurrency
+    max_connections = args.max_connections or max(100, concurrency + 20)  # as bot.runtime does
+    with (
+        SimulatorProcess(n, delay) as sim,
+        scratch_database(args.database_url) as database_url,
+    ):
+        settings = load_settings(
+            {
+                **sim.env(),
+                "DATABASE_URL": database_url,
+                "POLL_CONCURRENCY": str(concurrency),
+                "POLL_INTERVAL_SECONDS": "3600",  # one cycle: nothing becomes due again
+                "LEASE_SECONDS": "3600",
+                "HTTP_TIMEOUT_SECONDS": "60",
+            },
+            {Need.API, Need.DATABASE},
+        )
+        engine = make_engine(database_url)
+        migrate(engine)
+        api = MyPreferencesClient(settings, max_connections=max_connections)
+        template = await api.get_status(sim.tokens[0])
+        seeder = multiprocessing.get_context("spawn").Process(
+            target=_seed, args=(database_url, template.to_json(), list(sim.tokens))
+        )
+        seeder.start()
+        seeder.join()
+        if seeder.exitcode != 0:
+            raise RuntimeError("seeding the database failed")
+        sim.reset_calls()
+
+        store = Store(engine)
+        slack = AsyncWebClient(token="xoxb-bench", base_url="http://127.0.0.1:9/api/")
+        notifier = Notifier(store, slack, OWNER, lease_seconds=settings.lease_seconds)
+        watcher = Watcher(settings, store, api, notifier, OWNER)
+        writes = WriteCounter(engine)
+        rss_before = peak_rss_mb()
+
+        profiler = cProfile.Profile() if args.profile else None
+        sim_cpu = sim.cpu_seconds()
+        cpu = time.process_time()
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        report = await watcher.tick()
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        cycle = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        sim_cpu = sim.cpu_seconds() - sim_cpu
+        rows = writes.rows()
+        statements = dict(writes.statements)
+        calls = sim.calls_by_token()
+        if report.polled != n or sum(calls.values()) != n or len(calls) != n:
+            raise RuntimeError(
+                f"the cycle polled {report.polled} imports with {sum(calls.values())} calls "
+                f"for {len(calls)} tokens; expected {n} of each"
+            )
+        if report.notifications:
+            raise RuntimeError(f"{report.notifications} notifications: a poll was not unchanged")
+        peak = peak_rss_mb()
+
+        # Baseline: the loop a user would write by hand, same client, same simulator.
+        sample = list(sim.tokens[: min(args.sample, n)])
+        baseline_started = time.perf_counter()
+        for token in sample:
+            await api.get_status(token)
+        baseline = (time.perf_counter() - baseline_started) / len(sample) * n
+
+        await api.aclose()
+        engine.dispose()
+
+    bound = n * delay / concurrency
+    total_rows = sum(rows.values())
+    return {
+        "imports": n,
+        "delay_s": delay,
+        "concurrency": concurrency,
+        "max_connections": max_connections,
+        "database": database_url.split(":", 1)[0],
+        "batch_size": watcher.batch_size,
+        "cycle_s": cycle,
+        "bound_s": bound,
+        "bound_over_measured": bound / cycle,
+        "polls_per_s": n / cycle,
+        "cpu_ms_per_poll": cpu / n * 1000,
+        "bot_cpu_util": cpu / cycle,
+        "simulator_cpu_util": sim_cpu / cycle,
+        "rows_written_per_poll": total_rows / n,
+        "rows_written": rows,
+        "write_statements": statements,
+        "peak_rss_mb": peak,
+        "rss_before_cycle_mb": rss_before,
+        "baseline_sample": len(sample),
+        "baseline_extrapolated_s": baseline,
+        "speedup": baseline / cycle,
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    n = r["imports"]
+    lease_rows = r["rows_written"].get("lease claims", 0)
+    save_rows = r["rows_written"].get("result saves", 0)
+    statements = r["write_statements"]
+    rows: list[tuple[str, object, str]] = [
+        ("imports polled (N)", n, ""),
+        ("response delay D / concurrency C", f"{r['delay_s']:g} s / {r['concurrency']}", ""),
+        ("database, batch size", f"{r['database']}, {r['batch_size']}", ""),
+        ("cycle time", f"{r['cycle_s']:.2f} s", f"{r['polls_per_s']:.0f} polls/s"),
+        ("lower bound N*D/C", f"{r['bound_s']:.2f} s", ""),
+        ("bound / measured", f"{r['bound_over_measured']:.2f}", "goal >= 0.8"),
+        (
+            "CPU per poll",
+            f"{r['cpu_ms_per_poll']:.3f} ms",
+            f"bot {r['bot_cpu_util']:.0%} of a core, "
+            f"simulator {r['simulator_cpu_util']:.0%} of a core",
+        ),
+        (
+            "rows written per poll",
+            f"{r['rows_written_per_poll']:.2f}",
+            f"result saves {save_rows / n:.2f} + lease claims {lease_rows / n:.2f}; "
+            f"{statements.get('result saves', 0)} + {statements.get('lease claims', 0)} "
+            "statements",
+        ),
+        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB", f"{r['rss_before_cycle_mb']:.0f} MB before"),
+        (
+            "baseline: sequential loop",
+            f"{r['baseline_extrapolated_s']:.1f} s",
+            f"{r['baseline_sample']} polls timed, extrapolated to N",
+        ),
+        ("speed-up over baseline", f"{r['speedup']:.1f}x", ""),
+    ]
+    print(table(("measure", "value", "note"), rows))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--imports", type=int, default=10_000, help="watched imports")
+    parser.add_argument("-d", "--delay", type=float, default=0.05, help="API answer delay (s)")
+    parser.add_argument("-c", "--concurrency", type=int, default=50, help="POLL_CONCURRENCY")
+    parser.add_argument("--sample", type=int, default=200, help="baseline sample size")
+    parser.add_argument("--database-url", help="PostgreSQL server URL (default: SQLite file)")
+    parser.add_argument(
+        "--max-connections", type=int, help="httpx pool size (default: as the bot sizes it)"
+    )
+    parser.add_argument("--profile", metavar="PATH", help="write cProfile stats of the cycle")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    info = print_machine()
+    result = asyncio.run(run(args))
+    print_report(result)
+    write_json(args.json, {"machine": info, **result})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
