@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
@@ -20,6 +21,8 @@ from bot.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024  # Slack's payloads are a few KB; anything far larger is not Slack
+# X-Slack-Request-Timestamp: Unix seconds, ASCII digits (a bounded number of them).
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
@@ -27,11 +30,18 @@ def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
     handler = AsyncSlackRequestHandler(runtime.app)
 
     async def slack_events(request: Request) -> Response:
+        timestamp = request.headers.get("x-slack-request-timestamp")
+        if timestamp is not None and not _TIMESTAMP.fullmatch(timestamp):
+            # slack-sdk's verifier calls int() on it and raises, which Bolt turns into a
+            # 500 and a logged traceback: refuse it as the bad signature it is instead.
+            log.info("refused a Slack request with a malformed timestamp header")
+            return PlainTextResponse("invalid request signature", status_code=401)
         try:
             return await handler.handle(request)
-        except ValueError:
-            # Bolt decodes the body (UTF-8, then the ``payload`` JSON) before it checks
-            # the signature; a body that is neither is bad input, not a server error.
+        except (ValueError, AttributeError, TypeError, LookupError):
+            # Bolt decodes the body (UTF-8, then the ``payload`` JSON) and reads its
+            # ``authorizations`` before it checks the signature; a body that is neither
+            # decodable nor a JSON object of that shape is bad input, not a server error.
             # Listener errors never get here: Bolt handles those itself.
             log.warning("refused a Slack request whose body could not be decoded")
             return PlainTextResponse("malformed request body", status_code=400)

@@ -88,6 +88,9 @@ def _failure(memory: Memory, now: datetime, rules: Rules, error: ApiError) -> De
             Event(EventKind.API_TROUBLE, f"trouble:{since.isoformat()}", detail=error.user_message)
         )
         notified = True
+    if memory.status is not None and _in_warning_window(memory.status, now, rules):
+        # The API is down, but the token's clock keeps running: warn all the same.
+        events.append(_expiry_warning(memory.status))
     new_memory = replace(
         memory, failures=memory.failures + 1, trouble_since=since, trouble_notified=notified
     )
@@ -116,14 +119,7 @@ def _success(memory: Memory, new: ImportStatus, now: datetime, rules: Rules) -> 
     if _in_warning_window(new, now, rules):
         # State-based, not edge-based: a channel that starts watching inside the
         # window is warned too. The database's uniqueness rule keeps it to once.
-        events.append(
-            Event(
-                EventKind.EXPIRY_WARNING,
-                "expiry_warning",
-                new_status=new.status,
-                expires=new.expires,
-            )
-        )
+        events.append(_expiry_warning(new))
     rate_at, rate_done = _rate_base(memory, new, now)
     new_memory = Memory(
         status=new,
@@ -157,6 +153,12 @@ def crossed_milestone(old: ImportStatus | None, new: ImportStatus) -> int | None
         before = 0.0
     highest = reached[-1]
     return highest if before * 100 < highest else None
+
+
+def _expiry_warning(status: ImportStatus) -> Event:
+    return Event(
+        EventKind.EXPIRY_WARNING, "expiry_warning", new_status=status.status, expires=status.expires
+    )
 
 
 def _in_warning_window(status: ImportStatus, now: datetime, rules: Rules) -> bool:

@@ -35,7 +35,9 @@ def next_poll_at(
     else:
         delay = schedule.idle_interval
     if failures > 0:
-        backoff = min(schedule.max_backoff, schedule.active_interval * 2 ** min(failures - 1, 30))
+        # Grows from the import's own interval, so an idle import is never polled
+        # more often when failing than when healthy.
+        backoff = min(schedule.max_backoff, delay * 2 ** min(failures - 1, 30))
         # "Equal jitter": at least half the backoff, never more than all of it.
         delay = backoff * (0.5 + 0.5 * jitter)
         if retry_after is not None:

@@ -59,9 +59,16 @@ def test_backoff_doubles_per_failure_and_is_capped(failures: int, backoff: float
     assert delay(failures=failures, jitter=0.999999) == pytest.approx(backoff, rel=1e-5)
 
 
-@pytest.mark.parametrize("status", [Status.STAGING, Status.PROCESSING, None])
-def test_backoff_replaces_the_usual_interval_whatever_the_status(status: Status | None) -> None:
-    assert delay(status, failures=3, jitter=0.0) == 60
+@pytest.mark.parametrize(
+    ("status", "usual"), [(Status.STAGING, 300), (Status.PROCESSING, 30), (None, 300)]
+)
+def test_backoff_grows_from_the_imports_own_interval(status: Status | None, usual: int) -> None:
+    # Third failure: 4x the usual interval (capped), equal jitter at its lowest is half.
+    assert delay(status, failures=3, jitter=0.0) == min(900, usual * 4) / 2
+
+
+def test_failing_idle_import_is_not_polled_more_often_than_a_healthy_one_after_one_retry() -> None:
+    assert delay(Status.STAGING, failures=2, jitter=0.0) >= delay(Status.STAGING)
 
 
 @settings(max_examples=200, deadline=None)
