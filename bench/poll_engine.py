@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import Engine, event
 
@@ -118,7 +119,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         engine = make_engine(database_url)
         migrate(engine)
-        api = MyPreferencesClient(settings, max_connections=max_connections)
+        single_pool = None
+        if args.single_pool:
+            # The client as it was before it split its connections over small pools.
+            single_pool = httpx.AsyncClient(
+                timeout=settings.http_timeout_seconds,
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+            )
+        api = MyPreferencesClient(settings, http=single_pool, max_connections=max_connections)
         template = await api.get_status(sim.tokens[0])
         seeder = multiprocessing.get_context("spawn").Process(
             target=_seed, args=(database_url, template.to_json(), list(sim.tokens))
@@ -169,6 +179,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = (time.perf_counter() - baseline_started) / len(sample) * n
 
         await api.aclose()
+        if single_pool is not None:
+            await single_pool.aclose()
         engine.dispose()
 
     bound = n * delay / concurrency
@@ -178,6 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "delay_s": delay,
         "concurrency": concurrency,
         "max_connections": max_connections,
+        "http_pools": 1 if args.single_pool else len(api._pools),
         "database": database_url.split(":", 1)[0],
         "batch_size": watcher.batch_size,
         "cycle_s": cycle,
@@ -207,6 +220,11 @@ def print_report(r: dict[str, Any]) -> None:
         ("imports polled (N)", n, ""),
         ("response delay D / concurrency C", f"{r['delay_s']:g} s / {r['concurrency']}", ""),
         ("database, batch size", f"{r['database']}, {r['batch_size']}", ""),
+        (
+            "HTTP connections",
+            f"{r['max_connections']} in {r['http_pools']} pool(s)",
+            "",
+        ),
         ("cycle time", f"{r['cycle_s']:.2f} s", f"{r['polls_per_s']:.0f} polls/s"),
         ("lower bound N*D/C", f"{r['bound_s']:.2f} s", ""),
         ("bound / measured", f"{r['bound_over_measured']:.2f}", "goal >= 0.8"),
@@ -243,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: SQLite file)")
     parser.add_argument(
         "--max-connections", type=int, help="httpx pool size (default: as the bot sizes it)"
+    )
+    parser.add_argument(
+        "--single-pool",
+        action="store_true",
+        help="one httpx pool of --max-connections (the client before it split its pool)",
     )
     parser.add_argument("--profile", metavar="PATH", help="write cProfile stats of the cycle")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

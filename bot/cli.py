@@ -144,7 +144,12 @@ def _serve(*, socket_mode: bool) -> int:
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise ConfigError(
+            f"HOST/PORT: cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc})"
+        ) from None
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,

@@ -215,7 +215,8 @@ class _Reader:
     def url(self, name: str, required: bool = False) -> str:
         value = self.text(name, required)
         if value and not re.match(r"^https?://[^\s/]+", value):
-            raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+            # The value is not echoed: a URL can carry credentials.
+            raise ConfigError(f"{name}: expected an http(s) URL such as https://host/path/")
         return value
 
     def host(self, name: str) -> str:

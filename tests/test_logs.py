@@ -190,9 +190,9 @@ OAUTH_CLIENT_ID = f"LEAKCHECK-oauth-id-{RUN}"
 OAUTH_CLIENT_SECRET = f"LEAKCHECK-oauth-secret-{RUN}"
 
 
-def _answer(user: SlackUser, text: str, **overrides: str) -> str:
+def _answer(user: SlackUser, text: str, channel_id: str = "C0001") -> str:
     """What the user reads in the end: the ack, or the respond() after "Looking up…"."""
-    result = user.command(text, **overrides)
+    result = user.command(text, channel_id=channel_id)
     assert result.status_code == 200
     body = result.ack_body
     assert isinstance(body, dict), body

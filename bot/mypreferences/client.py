@@ -41,6 +41,11 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ACCESS_TOKEN = 2**63 - 1
 # A Retry-After beyond a day is treated as a day, so later date arithmetic stays sane.
 MAX_RETRY_AFTER_SECONDS = 86400.0
+# httpcore's pool scans every connection it holds on each request and each response,
+# so its CPU cost per request grows with the pool: one pool of 50 busy connections
+# cost ~5 ms of CPU per request (bench/poll_engine.py), pools of <= 10 cost < 1 ms.
+# A large pool is therefore split into several small ones.
+CONNECTIONS_PER_POOL = 10
 
 
 @dataclass(frozen=True)
@@ -170,14 +175,20 @@ class MyPreferencesClient:
         self._owns_http = http is None
         if http is None:
             # The watcher polls up to POLL_CONCURRENCY imports at once; size the
-            # pool for that rather than relying on httpx's default.
-            http = httpx.AsyncClient(
-                timeout=settings.http_timeout_seconds,
-                limits=httpx.Limits(
-                    max_connections=max_connections,
-                    max_keepalive_connections=max_connections,
-                ),
-            )
+            # pools for that rather than relying on httpx's default.
+            pools = math.ceil(max_connections / CONNECTIONS_PER_POOL)
+            size = math.ceil(max_connections / pools)
+            self._pools = [
+                httpx.AsyncClient(
+                    timeout=settings.http_timeout_seconds,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                )
+                for _ in range(pools)
+            ]
+            http = self._pools[0]
+        else:
+            self._pools = [http]
+        self._in_flight = [0] * len(self._pools)
         self._http = http
         self._auth = authenticator or make_authenticator(settings, http)
         self._sleep = sleep
@@ -190,7 +201,8 @@ class MyPreferencesClient:
     async def aclose(self) -> None:
         """Close the HTTP client if this object created it."""
         if self._owns_http:
-            await self._http.aclose()
+            for pool in self._pools:
+                await pool.aclose()
 
     async def __aenter__(self) -> MyPreferencesClient:
         return self
@@ -323,10 +335,13 @@ class MyPreferencesClient:
 
     async def _send(self, url: str, params: Mapping[str, str] | None, header: str) -> _Answer:
         """One GET. Non-2xx answers are returned; transport and body trouble raise."""
+        # The least busy pool, so a few slow answers never queue requests behind them.
+        pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)
+        self._in_flight[pool] += 1
         try:
             # httpx does not follow redirects by default: the Authorization header
             # must never be replayed to another host.
-            async with self._http.stream(
+            async with self._pools[pool].stream(
                 "GET",
                 url,
                 params=params,
@@ -349,6 +364,8 @@ class MyPreferencesClient:
             raise errors.MalformedResponse("the answer could not be decoded") from exc
         except httpx.HTTPError as exc:
             raise errors.Unavailable(f"network error ({type(exc).__name__})") from exc
+        finally:
+            self._in_flight[pool] -= 1
         if raw is None:
             raise errors.MalformedResponse("the answer is larger than 1 MiB")
         return _Answer(code, retry_after, _decode_object(raw))

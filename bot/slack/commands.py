@@ -82,6 +82,8 @@ def _with_token(verb: str, word: str) -> Command:
 def parse_access_token(word: str) -> int | str:
     """The access token as an int, or a sentence saying what is wrong with it."""
     # isdecimal() accepts other scripts' digits (e.g. Arabic-Indic); tokens are ASCII.
+    if word.startswith("-") and word[1:].isascii() and word[1:].isdigit():
+        return "An access token is a positive number."
     if not (word.isascii() and word.isdigit()):
         return "An access token is a whole number, like `12345`."
     if len(word.lstrip("0")) > MAX_TOKEN_DIGITS:
@@ -197,9 +199,14 @@ class CommandHandler:
     async def watch(
         self, team_id: str, channel_id: str, user_id: str, token: int
     ) -> render.Message:
-        outcome = await self.service.watch(
-            team_id=team_id, channel_id=channel_id, user_id=user_id, access_token=token
-        )
+        try:
+            outcome = await self.service.watch(
+                team_id=team_id, channel_id=channel_id, user_id=user_id, access_token=token
+            )
+        except ApiError:
+            # Watching looks the token up first: guessing with it costs what a lookup costs.
+            await self.access.record_failure(team_id, user_id)
+            raise
         if outcome.result is WatchResult.FINISHED:
             message = render.status_message(outcome.status, utcnow(), watching=False)
             note = (

@@ -18,7 +18,7 @@ from bot.harness import SIGNING_SECRET, BotProcess, Harness
 from bot.slack.emulator import CommandResult, SlackUser, message_text, slash_command_body, wait_for
 
 ALLOWED_CHANNELS = ["C0001", "C0002", "C0003", "C0004", "C0005", "C0006"]
-ALLOWED_USERS = ["U0001", "U0002", "U0003", "U0004", "U0005", "U0006", "U0007"]
+ALLOWED_USERS = ["U0001", "U0002", "U0003", "U0004", "U0005", "U0006", "U0007", "U0008"]
 LIMIT = 5
 ENV = {
     "ALLOWED_CHANNEL_IDS": ",".join(ALLOWED_CHANNELS),
@@ -191,6 +191,23 @@ def test_failed_lookups_use_up_the_limit_twice_as_fast(harness: Harness, bot: Bo
     assert "too many lookups recently" in reply
     assert harness.sim.status_calls(known) == 0
     assert [harness.sim.status_calls(g) for g in guesses] == [1, 1, 1]
+
+
+def test_failed_watches_use_up_the_limit_twice_as_fast_too(
+    harness: Harness, bot: BotProcess
+) -> None:
+    # Guessing tokens with `watch` must cost what guessing them with a lookup costs.
+    known = 61_008
+    harness.sim.add_import(known, name="Watch guess check", status="Staging")
+    guesses = [61_915, 61_916, 61_917]
+    with person(harness, bot, "U0008", "C0004") as guesser:
+        for guess in guesses:
+            _, reply = answer(guesser, f"watch {guess}")
+            assert UNKNOWN_TOKEN_SENTENCE in reply
+        _, reply = answer(guesser, f"watch {known}")
+    assert "too many lookups recently" in reply
+    assert harness.sim.status_calls(known) == 0
+    assert subscriptions(harness, subscribed_by="U0008") == []
 
 
 # --------------------------------------------------------------------------- retries

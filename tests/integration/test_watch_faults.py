@@ -288,17 +288,17 @@ def test_api_trouble_posts_one_trouble_reply_and_one_recovery_reply(
     own_harness: Harness, place: Place
 ) -> None:
     harness = own_harness
-    bot = harness.start_bot(API_TROUBLE_MINUTES=0.03, MAX_BACKOFF_SECONDS=2)  # 1.8 s
+    bot = harness.start_bot(API_TROUBLE_MINUTES=0.03, MAX_BACKOFF_SECONDS=1)  # 1.8 s
     token = place.token
     harness.sim.add_import(token, status="Processing", ValidationSuccessful=1000)
     try:
         with harness.user(bot, channel_id=place.channel, user_id=place.user_id) as user:
             card = watch(harness, user, token)
         harness.sim.inject_fault(503, token=token, times=None)
-        (trouble,) = wait_replies(harness, card, 1, timeout=1.8 + 2 * 2 + SLACK)
+        (trouble,) = wait_replies(harness, card, 1, timeout=1.8 + 1 + SLACK)
         assert ":warning: Can't reach MyPreferences for this import" in trouble.text
         assert "temporarily unavailable" in trouble.text, "says what is wrong, in words"
-        wait_polls(harness, token, 1, timeout=3)  # still failing: no second trouble reply
+        wait_polls(harness, token, 2, timeout=3)  # still failing: no second trouble reply
         assert len(replies(harness, card)) == 1
 
         harness.sim.clear_faults()

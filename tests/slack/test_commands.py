@@ -100,7 +100,7 @@ def test_text_at_the_length_limit_is_still_read() -> None:
         ("9" * 18, 10**18 - 1),  # the longest accepted
         ("0", POSITIVE),
         ("000", POSITIVE),
-        ("-5", WHOLE_NUMBER),
+        ("-5", "An access token is a positive number."),
         ("+5", WHOLE_NUMBER),
         ("12.5", WHOLE_NUMBER),
         ("1e3", WHOLE_NUMBER),

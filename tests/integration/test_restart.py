@@ -1,0 +1,243 @@
+"""Restarts: nothing is lost and nothing is repeated, whenever the bot stops.
+
+The bot is a real ``import-status-bot serve`` process. It is killed with
+SIGKILL (a crash: no cleanup at all) at different points of its work, or
+stopped with SIGTERM in the middle of a tick, and started again on the same
+database. The channel's thread is then read back: every transition exactly
+once, in order.
+
+The design's one allowed exception: a kill that lands after Slack accepted a
+message but before the database recorded it as sent repeats that one message
+after the restart. The tests tell the two cases apart by comparing, right
+after the kill, the thread in the emulator with the rows marked sent.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from bot.harness import BotProcess, Harness
+from bot.slack.emulator import Message, message_text, wait_for
+from bot.store.tables import NotificationRow, SubscriptionRow
+
+TOKEN = 4242
+CHANNEL = "C0001"
+SLACK = 2.0  # what a transition may take beyond its poll interval
+# Short leases: after a SIGKILL the restarted bot need not wait long for the dead one's.
+FAST_RESTART = {"LEASE_SECONDS": 1, "IDLE_POLL_INTERVAL_SECONDS": 1}
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    with Harness(tmp_path / "harness") as h:
+        yield h
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def watch(harness: Harness, bot: BotProcess) -> Message:
+    with harness.user(bot) as user:
+        result = user.command(f"watch {TOKEN}")
+        assert f"Watching import {TOKEN}" in message_text(result.ack_body)
+    cards = wait_for(lambda: harness.emulator.messages(CHANNEL), 5, description="the card")
+    assert len(cards) == 1
+    return cards[0]
+
+
+def replies(harness: Harness, card: Message) -> list[str]:
+    return [m.text for m in harness.emulator.thread(CHANNEL, card.ts)]
+
+
+def wait_replies(harness: Harness, card: Message, count: int, timeout: float) -> list[str]:
+    return wait_for(
+        lambda: len(replies(harness, card)) >= count and replies(harness, card),
+        timeout,
+        description=f"{count} replies in the thread",
+    )
+
+
+def notification_rows(harness: Harness) -> list[dict[str, Any]]:
+    engine = create_engine(harness.database_url)
+    try:
+        with engine.connect() as conn:
+            query = select(NotificationRow.__table__).order_by(NotificationRow.id)
+            return [dict(r) for r in conn.execute(query).mappings()]
+    finally:
+        engine.dispose()
+
+
+def sent_count(harness: Harness) -> int:
+    return sum(1 for row in notification_rows(harness) if row["state"] == "sent")
+
+
+def excess(harness: Harness, card: Message) -> int:
+    """Replies in the thread beyond the notifications the database has marked sent.
+
+    Right after a kill, this grows by one exactly when the kill landed between Slack
+    accepting a message and the database recording it.
+    """
+    time.sleep(0.3)  # let a request already on the wire land
+    return len(replies(harness, card)) - sent_count(harness)
+
+
+def collapse(texts: list[str]) -> list[str]:
+    """The thread with immediate repeats folded: what it says, in order."""
+    return [t for i, t in enumerate(texts) if i == 0 or texts[i - 1] != t]
+
+
+def subscription_state(harness: Harness) -> str:
+    engine = create_engine(harness.database_url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(select(SubscriptionRow.state)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- SIGKILL
+
+
+def test_crashes_at_any_point_lose_nothing_and_repeat_nothing(harness: Harness) -> None:
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    sim = harness.sim
+    sim.add_import(TOKEN, name="Crash list", status="Initiated")
+    bot = harness.start_bot(**FAST_RESTART)
+    card = watch(harness, bot)
+
+    # (changes, what the thread says afterwards, kill: None or seconds after the change)
+    script: list[tuple[dict[str, Any], list[str], float | None]] = [
+        ({"Status": "Staging"}, ["Initiated → :inbox_tray: Staging"], None),
+        ({"Status": "Queued"}, ["Staging → :hourglass_flowing_sand: Queued"], -1.0),
+        (
+            {"Status": "Processing", "ValidationSuccessful": 1000, "Processed": 300},
+            ["Queued → :gear: Processing", "Progress: 25%"],
+            rng.uniform(0, 1.3),
+        ),
+        ({"Processed": 600}, ["Progress: 50%"], rng.uniform(0, 1.3)),
+        ({"Processed": 800}, ["Progress: 75%"], rng.uniform(0, 1.3)),
+        ({"Status": "Completed", "Processed": 1000}, ["Completed"], rng.uniform(0, 1.3)),
+    ]
+    expected: list[str] = []
+    repeats_allowed = 0  # kills that landed between Slack and the database
+    for changes, says, kill_after in script:
+        if kill_after is not None and kill_after < 0:
+            # The ordinary crash: down while the import moves on.
+            time.sleep(0.3)  # past the last reply's database write
+            before = excess(harness, card)
+            bot.kill()
+            assert excess(harness, card) == before
+            sim.update(TOKEN, **changes)
+            time.sleep(1.5)  # the bot is down for more than a poll interval
+            harness.restart(bot)
+        else:
+            sim.update(TOKEN, **changes)
+            if kill_after is not None:
+                before = excess(harness, card)
+                time.sleep(kill_after)  # anywhere in a poll cycle: before, during, after
+                bot.kill()
+                in_flight = excess(harness, card) - before
+                assert in_flight in (0, 1), f"{in_flight} messages in flight at one kill"
+                repeats_allowed += in_flight
+                harness.restart(bot)
+        expected += says
+        wait_replies(harness, card, len(expected), timeout=1 + 1 + SLACK + 2)
+
+    time.sleep(1.5)  # anything that would repeat after the last restart has had its chance
+    thread = replies(harness, card)
+    said = collapse(thread)
+    assert len(said) == len(expected), f"seed {seed}: {thread}"
+    for text, words in zip(said, expected, strict=True):
+        assert words in text, f"seed {seed}: {words!r} not in {text!r}"
+    assert len(thread) - len(said) == repeats_allowed, (
+        f"seed {seed}: repeats only where a kill landed between Slack and the database"
+    )
+    if repeats_allowed == 0:
+        assert len(thread) == len(expected)  # the ordinary case: each message exactly once
+    assert len([m for m in harness.emulator.messages(CHANNEL) if m.thread_ts is None]) == 1
+    assert subscription_state(harness) == "ended"
+    assert all(row["state"] == "sent" for row in notification_rows(harness))
+
+
+def test_a_crash_between_slack_and_the_database_repeats_at_most_that_one_message(
+    harness: Harness,
+) -> None:
+    sim = harness.sim
+    sim.add_import(TOKEN, status="Queued", ValidationSuccessful=1000)
+    bot = harness.start_bot(LEASE_SECONDS=2)
+    card = watch(harness, bot)
+
+    # Slack takes 1.5 s to answer posts: the bot is killed while one is in that gap.
+    harness.emulator.set_latency(1.5, "chat.postMessage")
+    polls = sim.status_calls(TOKEN)
+    sim.update(TOKEN, Status="Processing")
+    wait_for(lambda: sim.status_calls(TOKEN) > polls, 3, description="the poll that sees it")
+    time.sleep(0.5)
+    bot.kill()
+    (delivered,) = wait_replies(harness, card, 1, timeout=2)  # Slack got it anyway
+    assert "Queued → :gear: Processing" in delivered
+    (row,) = notification_rows(harness)
+    assert row["state"] == "pending", "the kill landed before the database said 'sent'"
+
+    harness.emulator.set_latency(0, "chat.postMessage")
+    harness.restart(bot)
+    thread = wait_replies(harness, card, 2, timeout=2 + 1 + SLACK)
+    assert thread == [delivered, delivered], "that one message, repeated once"
+    sim.update(TOKEN, Status="Completed", Processed=1000)
+    thread = wait_replies(harness, card, 3, timeout=1 + SLACK)
+    time.sleep(1)
+    thread = replies(harness, card)
+    assert len(thread) == 3 and "Completed" in thread[2], thread
+    assert [row["state"] for row in notification_rows(harness)] == ["sent", "sent"]
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_mid_tick_exits_zero_and_the_restart_loses_and_repeats_nothing(
+    harness: Harness,
+) -> None:
+    sim = harness.sim
+    sim.add_import(TOKEN, status="Queued", ValidationSuccessful=1000)
+    bot = harness.start_bot()
+    card = watch(harness, bot)
+
+    # Right after a poll, make the next one slow (2.5 s) and move the import: that poll
+    # starts about 1 s later, and SIGTERM arrives while it waits for the API.
+    polls = sim.status_calls(TOKEN)
+    wait_for(lambda: sim.status_calls(TOKEN) > polls, 3, description="a poll")
+    sim.inject_fault(token=TOKEN, delay=2.5, times=1)
+    sim.update(TOKEN, Status="Processing")
+    time.sleep(1.6)
+    answered = sim.status_calls(TOKEN)
+    stopping_at = time.monotonic()
+    code = bot.terminate(timeout=10)
+    took = time.monotonic() - stopping_at
+    assert code == 0, bot.log_text()[-2000:]
+    assert took <= 10
+    # The slow poll had started before SIGTERM and was answered after it: mid-tick.
+    assert sim.status_calls(TOKEN) == answered + 1
+    assert [c for c in sim.calls if c.access_token == TOKEN][-1].at < stopping_at
+    assert "abandoning" not in bot.log_text()
+
+    # The tick finished its poll and kept the result; posting waits for the next start.
+    (row,) = notification_rows(harness)
+    assert (row["event_key"], row["state"]) == ("transition:1:Processing", "pending")
+    assert replies(harness, card) == []
+    harness.restart(bot)
+    thread = wait_replies(harness, card, 1, timeout=1 + SLACK)
+    sim.update(TOKEN, Status="Completed", Processed=1000)
+    wait_replies(harness, card, 2, timeout=1 + SLACK)
+    time.sleep(1)
+    thread = replies(harness, card)
+    assert len(thread) == 2, thread
+    assert "Queued → :gear: Processing" in thread[0] and "Completed" in thread[1]
+    assert len([m for m in harness.emulator.messages(CHANNEL) if m.thread_ts is None]) == 1
