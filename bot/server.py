@@ -20,7 +20,9 @@ from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024  # Slack's payloads are a few KB; anything far larger is not Slack
+# Slack payloads are a few KB; 256 KiB still fits 10,000 emoji of command text
+# (12 bytes each once form-encoded) and refuses anything far larger unread.
+MAX_BODY_BYTES = 256 * 1024
 # X-Slack-Request-Timestamp: Unix seconds, ASCII digits (a bounded number of them).
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 

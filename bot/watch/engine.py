@@ -96,24 +96,44 @@ class Watcher:
         return TickReport(polled, notifications, delivered, seconds)
 
     async def poll_due(self) -> tuple[int, int]:
-        """Poll due imports batch by batch until none is due; returns (polled, events)."""
+        """Poll due imports batch by batch until none is due; returns (polled, events).
+
+        Two batches overlap: the next one is leased and its polls queued while the
+        previous one is still being answered and saved. So the requests never pause
+        at a batch boundary (``concurrency`` alone bounds them) and the database
+        work runs while requests are in flight.
+        """
         polled = created = 0
-        while not self.stopping:
-            batch = await asyncio.to_thread(
-                self.store.claim_due_imports,
-                self.owner,
-                self.clock(),
-                self.batch_size,
-                self.lease_seconds,
-            )
-            if not batch:
-                break
-            results = await asyncio.gather(*(self._poll(item) for item in batch))
-            created += await asyncio.to_thread(self.store.save_poll_results, self.owner, results)
-            polled += len(batch)
-            if len(batch) < self.batch_size:
-                break
+        previous: asyncio.Future[list[PollResult]] | None = None
+        try:
+            batch = await self._claim() if not self.stopping else []
+            while batch:
+                current = asyncio.gather(*(self._poll(item) for item in batch))
+                polled += len(batch)
+                more = len(batch) == self.batch_size
+                if previous is not None:
+                    created += await self._save(await previous)
+                previous = current
+                batch = await self._claim() if more and not self.stopping else []
+            if previous is not None:
+                created += await self._save(await previous)
+                previous = None
+        finally:
+            if previous is not None:
+                previous.cancel()  # a failed save: those leases simply expire
         return polled, created
+
+    async def _claim(self) -> list[DueImport]:
+        return await asyncio.to_thread(
+            self.store.claim_due_imports,
+            self.owner,
+            self.clock(),
+            self.batch_size,
+            self.lease_seconds,
+        )
+
+    async def _save(self, results: list[PollResult]) -> int:
+        return await asyncio.to_thread(self.store.save_poll_results, self.owner, results)
 
     async def _poll(self, item: DueImport) -> PollResult:
         async with self._limit:

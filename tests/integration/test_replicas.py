@@ -10,6 +10,7 @@ expire, with nothing lost and nothing sent twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -23,7 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from bot.harness import BotProcess, Harness
-from bot.slack.emulator import SlackUser, message_text, wait_for
+from bot.slack.emulator import message_text, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -111,10 +112,9 @@ def _wave(harness: Harness, tokens: Sequence[int], status: str, expected: list[s
         threads = _threads(harness)
         return all(len(threads.get(t, [])) >= len(expected) for t in tokens)
 
-    try:
+    # On a timeout the precise assertion below says what is missing.
+    with contextlib.suppress(AssertionError):
         wait_for(arrived, timeout=WAVE_TIMEOUT, interval=0.2, description=f"{status} everywhere")
-    except AssertionError:
-        pass  # the precise assertion below says what is missing
     _assert_threads(harness, tokens, expected)
     return time.monotonic() - started
 
@@ -219,9 +219,7 @@ def test_killed_replica_imports_are_taken_over_without_loss_or_duplicates(
             """The imports the victim has leased, with when each lease ends (epoch seconds)."""
             with engine.connect() as conn:
                 rows = conn.execute(
-                    text(
-                        "SELECT access_token, lease_until FROM imports WHERE lease_owner LIKE :o"
-                    ),
+                    text("SELECT access_token, lease_until FROM imports WHERE lease_owner LIKE :o"),
                     {"o": f"%:{victim.pid}:%"},
                 ).all()
             return {int(t): until.replace(tzinfo=UTC).timestamp() for t, until in rows}
@@ -243,8 +241,9 @@ def test_killed_replica_imports_are_taken_over_without_loss_or_duplicates(
 
     # The simulator's clock is this process's monotonic clock; leases are wall-clock.
     to_wall = time.time() - time.monotonic()
+    calls = harness.sim.calls
     for token, lease_until in orphaned.items():
-        after_kill = [c.at for c in harness.sim.calls if c.access_token == token and c.at > killed_at]
+        after_kill = [c.at for c in calls if c.access_token == token and c.at > killed_at]
         assert after_kill, f"import {token} was never polled again after the kill"
         early = min(after_kill) + to_wall - lease_until
         assert early >= -0.1, f"import {token} was polled {-early:.2f} s before its lease ended"

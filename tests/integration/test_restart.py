@@ -139,9 +139,9 @@ def test_crashes_at_any_point_lose_nothing_and_repeat_nothing(harness: Harness) 
             time.sleep(1.5)  # the bot is down for more than a poll interval
             harness.restart(bot)
         else:
+            before = excess(harness, card) if kill_after is not None else 0
             sim.update(TOKEN, **changes)
             if kill_after is not None:
-                before = excess(harness, card)
                 time.sleep(kill_after)  # anywhere in a poll cycle: before, during, after
                 bot.kill()
                 in_flight = excess(harness, card) - before
@@ -151,6 +151,7 @@ def test_crashes_at_any_point_lose_nothing_and_repeat_nothing(harness: Harness) 
         expected += says
         wait_replies(harness, card, len(expected), timeout=1 + 1 + SLACK + 2)
 
+    print(f"crash test: seed {seed}, kills between Slack and the database: {repeats_allowed}")
     time.sleep(1.5)  # anything that would repeat after the last restart has had its chance
     thread = replies(harness, card)
     said = collapse(thread)
