@@ -68,6 +68,10 @@ class ImportService:
         first_poll = next_poll_at(
             now, status.status, 0, status.expires, self.schedule, random.random()
         )
+        if status.expires is not None and status.expires - self.schedule.expiry_warning <= now:
+            # Already inside the warning window: poll at once so the warning is not
+            # skipped by an idle interval that outlasts the token.
+            first_poll = now
         subscribed = await asyncio.to_thread(
             self.store.subscribe,
             team_id=team_id,
