@@ -42,9 +42,9 @@ MAX_ACCESS_TOKEN = 2**63 - 1
 # A Retry-After beyond a day is treated as a day, so later date arithmetic stays sane.
 MAX_RETRY_AFTER_SECONDS = 86400.0
 # httpcore's pool scans every connection it holds on each request and each response,
-# so its CPU cost per request grows with the pool: one pool of 50 busy connections
-# cost ~5 ms of CPU per request (bench/poll_engine.py), pools of <= 10 cost < 1 ms.
-# A large pool is therefore split into several small ones.
+# so its CPU cost per request grows with the pool: with 50 requests in flight, one
+# pool of 50 or 100 connections cost ~8 ms of CPU per request, pools of at most 10
+# ~1 ms (bench/README.md). A large pool is therefore split into several small ones.
 CONNECTIONS_PER_POOL = 10
 
 

@@ -53,6 +53,12 @@ class TickReport:
     seconds: float
 
 
+def _outcome_seen(future: asyncio.Future[list[PollResult]]) -> None:
+    """Retrieve an abandoned batch's outcome, so asyncio does not log it as unhandled."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Watcher:
     def __init__(
         self,
@@ -104,23 +110,24 @@ class Watcher:
         work runs while requests are in flight.
         """
         polled = created = 0
-        previous: asyncio.Future[list[PollResult]] | None = None
+        unsaved: list[asyncio.Future[list[PollResult]]] = []  # at most two batches
         try:
             batch = await self._claim() if not self.stopping else []
             while batch:
-                current = asyncio.gather(*(self._poll(item) for item in batch))
+                unsaved.append(asyncio.gather(*(self._poll(item) for item in batch)))
                 polled += len(batch)
                 more = len(batch) == self.batch_size
-                if previous is not None:
-                    created += await self._save(await previous)
-                previous = current
+                if len(unsaved) == 2:
+                    created += await self._save(await unsaved[0])
+                    unsaved.pop(0)
                 batch = await self._claim() if more and not self.stopping else []
-            if previous is not None:
-                created += await self._save(await previous)
-                previous = None
+            while unsaved:
+                created += await self._save(await unsaved[0])
+                unsaved.pop(0)
         finally:
-            if previous is not None:
-                previous.cancel()  # a failed save: those leases simply expire
+            for polls in unsaved:  # after an error or a cancel: their leases simply expire
+                polls.cancel()
+                polls.add_done_callback(_outcome_seen)
         return polled, created
 
     async def _claim(self) -> list[DueImport]:

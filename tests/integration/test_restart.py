@@ -31,7 +31,7 @@ TOKEN = 4242
 CHANNEL = "C0001"
 SLACK = 2.0  # what a transition may take beyond its poll interval
 # Short leases: after a SIGKILL the restarted bot need not wait long for the dead one's.
-FAST_RESTART = {"LEASE_SECONDS": 1, "IDLE_POLL_INTERVAL_SECONDS": 1}
+FAST_RESTART: dict[str, Any] = {"LEASE_SECONDS": 1, "IDLE_POLL_INTERVAL_SECONDS": 1}
 
 
 @pytest.fixture
@@ -57,11 +57,11 @@ def replies(harness: Harness, card: Message) -> list[str]:
 
 
 def wait_replies(harness: Harness, card: Message, count: int, timeout: float) -> list[str]:
-    return wait_for(
-        lambda: len(replies(harness, card)) >= count and replies(harness, card),
-        timeout,
-        description=f"{count} replies in the thread",
-    )
+    def enough() -> list[str] | None:
+        thread = replies(harness, card)
+        return thread if len(thread) >= count else None
+
+    return wait_for(enough, timeout, description=f"{count} replies in the thread")
 
 
 def notification_rows(harness: Harness) -> list[dict[str, Any]]:
@@ -152,7 +152,7 @@ def test_crashes_at_any_point_lose_nothing_and_repeat_nothing(harness: Harness) 
         wait_replies(harness, card, len(expected), timeout=1 + 1 + SLACK + 2)
 
     print(f"crash test: seed {seed}, kills between Slack and the database: {repeats_allowed}")
-    time.sleep(1.5)  # anything that would repeat after the last restart has had its chance
+    time.sleep(1)  # anything that would repeat after the last restart has had its chance
     thread = replies(harness, card)
     said = collapse(thread)
     assert len(said) == len(expected), f"seed {seed}: {thread}"
@@ -173,17 +173,17 @@ def test_a_crash_between_slack_and_the_database_repeats_at_most_that_one_message
 ) -> None:
     sim = harness.sim
     sim.add_import(TOKEN, status="Queued", ValidationSuccessful=1000)
-    bot = harness.start_bot(LEASE_SECONDS=2)
+    bot = harness.start_bot(LEASE_SECONDS=3)  # longer than Slack takes to answer below
     card = watch(harness, bot)
 
-    # Slack takes 1.5 s to answer posts: the bot is killed while one is in that gap.
-    harness.emulator.set_latency(1.5, "chat.postMessage")
+    # Slack takes 2.5 s to answer posts: the bot is killed while one is in that gap.
+    harness.emulator.set_latency(2.5, "chat.postMessage")
     polls = sim.status_calls(TOKEN)
     sim.update(TOKEN, Status="Processing")
     wait_for(lambda: sim.status_calls(TOKEN) > polls, 3, description="the poll that sees it")
-    time.sleep(0.5)
+    time.sleep(1.0)
     bot.kill()
-    (delivered,) = wait_replies(harness, card, 1, timeout=2)  # Slack got it anyway
+    (delivered,) = wait_replies(harness, card, 1, timeout=3)  # Slack got it anyway
     assert "Queued → :gear: Processing" in delivered
     (row,) = notification_rows(harness)
     assert row["state"] == "pending", "the kill landed before the database said 'sent'"
@@ -208,16 +208,16 @@ def test_sigterm_mid_tick_exits_zero_and_the_restart_loses_and_repeats_nothing(
 ) -> None:
     sim = harness.sim
     sim.add_import(TOKEN, status="Queued", ValidationSuccessful=1000)
-    bot = harness.start_bot()
+    bot = harness.start_bot(HTTP_TIMEOUT_SECONDS=6)  # the slow poll below must not time out
     card = watch(harness, bot)
 
-    # Right after a poll, make the next one slow (2.5 s) and move the import: that poll
+    # Right after a poll, make the next one slow (3.5 s) and move the import: that poll
     # starts about 1 s later, and SIGTERM arrives while it waits for the API.
     polls = sim.status_calls(TOKEN)
     wait_for(lambda: sim.status_calls(TOKEN) > polls, 3, description="a poll")
-    sim.inject_fault(token=TOKEN, delay=2.5, times=1)
+    sim.inject_fault(token=TOKEN, delay=3.5, times=1)
     sim.update(TOKEN, Status="Processing")
-    time.sleep(1.6)
+    time.sleep(1.9)
     answered = sim.status_calls(TOKEN)
     stopping_at = time.monotonic()
     code = bot.terminate(timeout=10)

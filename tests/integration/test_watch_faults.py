@@ -113,10 +113,13 @@ def replies(harness: Harness, card: Message) -> list[Message]:
 
 def wait_replies(harness: Harness, card: Message, count: int, timeout: float) -> list[Message]:
     """Wait until the card's thread holds ``count`` replies; fail if it holds more."""
+
+    def enough() -> list[Message] | None:
+        thread = replies(harness, card)
+        return thread if len(thread) >= count else None
+
     found = wait_for(
-        lambda: len(replies(harness, card)) >= count and replies(harness, card),
-        timeout,
-        description=f"{count} replies under {card.ts} in {card.channel}",
+        enough, timeout, description=f"{count} replies under {card.ts} in {card.channel}"
     )
     assert len(found) == count, [m.text for m in found]
     return found
@@ -162,7 +165,7 @@ def healthy(bot: BotProcess) -> bool:
 
 # --------------------------------------------------------------------------- API faults
 
-OUTAGES = {
+OUTAGES: dict[str, dict[str, Any]] = {
     "http-503": {"status": 503},
     "timeout": {"delay": HTTP_TIMEOUT + 0.5},
     "malformed-json": {"malformed": True},
@@ -339,8 +342,10 @@ def test_polling_adapts_to_each_import_and_a_failing_one_holds_up_no_other(
     ended = time.monotonic()
     calls = {t: status_calls(harness, t, started) for t in (idle, active, failing)}
     counts = {t: len(c) for t, c in calls.items()}
-    assert counts[active] >= 6, counts  # about one a second
-    assert counts[idle] <= counts[active] / 2, counts  # every 3 s
+    assert counts[active] >= 5, counts  # about one a second
+    active_gaps = sorted(b.at - a.at for a, b in itertools.pairwise(calls[active]))
+    assert active_gaps[len(active_gaps) // 2] <= 1.5 * ACTIVE_INTERVAL, active_gaps
+    assert counts[idle] < counts[active], counts  # every 3 s
     assert min(b.at - a.at for a, b in itertools.pairwise(calls[idle])) >= 2.5, calls[idle]
     assert 1 <= counts[failing] < counts[active], counts
     assert all(c.status_code == 503 for c in calls[failing])
