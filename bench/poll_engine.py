@@ -200,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_connections": max_connections,
         "http_pools": 1 if args.single_pool else len(api._pools),
         "database": database_url.split(":", 1)[0],
-        "batch_size": watcher.batch_size,
+        "capacity": watcher.capacity,
         "cycle_s": cycle,
         "bound_s": bound,
         "bound_over_measured": bound / cycle,
@@ -230,7 +230,7 @@ def print_report(r: dict[str, Any]) -> None:
     rows: list[tuple[str, object, str]] = [
         ("imports polled (N)", n, ""),
         ("response delay D / concurrency C", f"{r['delay_s']:g} s / {r['concurrency']}", ""),
-        ("database, batch size", f"{r['database']}, {r['batch_size']}", ""),
+        ("database, leased in flight", f"{r['database']}, {r['capacity']}", ""),
         (
             "HTTP connections",
             f"{r['max_connections']} in {r['http_pools']} pool(s)",

@@ -1,9 +1,10 @@
 """The poll engine: lease what is due, ask the API once per import, save, notify.
 
-One tick polls every due import (in leased batches, ``concurrency`` requests
-at a time) and then delivers what the channels should be told. One slow or
-failing import never holds up the others: each request has its own timeout
-and its failure only moves that import's next poll.
+A tick streams due imports through ``concurrency`` requests at a time, saving
+finished polls in batches and delivering what the channels should be told as
+it goes. One slow or failing import never holds up the others: each request
+has its own timeout, its poll finishes in the background if need be, and its
+failure only moves that import's next poll.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ class TickReport:
     seconds: float
 
 
-def _outcome_seen(future: asyncio.Future[list[PollResult]]) -> None:
-    """Retrieve an abandoned batch's outcome, so asyncio does not log it as unhandled."""
-    if not future.cancelled():
-        future.exception()
+# How often a tick saves finished polls, delivers, and leases more due imports.
+FLUSH_SECONDS = 0.1
+# How long a tick with nothing left to lease waits for slow polls before ending.
+STRAGGLER_GRACE_SECONDS = 0.5
 
 
 class Watcher:
@@ -81,66 +82,88 @@ class Watcher:
         self.schedule = schedule_from(settings)
         self.lease_seconds = settings.lease_seconds
         self.concurrency = settings.poll_concurrency
-        self.batch_size = max(100, settings.poll_concurrency * 4)
+        # Leased imports in flight at once: enough to keep ``concurrency`` requests
+        # busy between two refills, few enough that none waits near its lease's end.
+        self.capacity = max(100, settings.poll_concurrency * 4)
+        self._in_flight: set[asyncio.Future[PollResult]] = set()
         self.last_tick_at: datetime | None = None
         self.stopping = False
         self._limit = asyncio.Semaphore(settings.poll_concurrency)
 
     async def tick(self) -> TickReport:
-        """Poll every due import, then deliver what is due. Never raises."""
+        """Poll what is due and deliver what the channels should be told. Never raises.
+
+        The tick streams: it keeps up to ``capacity`` leased imports in flight
+        (``concurrency`` requests at a time), and every ``FLUSH_SECONDS`` it
+        saves the polls that have finished (one batched transaction), delivers
+        the notifications they produced, and leases more due imports. It ends
+        when nothing is due; polls still waiting on a slow API then go on in the
+        background and the next tick saves them, so one slow import never delays
+        the others' notifications.
+        """
         started = time.perf_counter()
-        polled = notifications = delivered = 0
+        polled = created = delivered = 0
         try:
-            polled, notifications = await self.poll_due()
-            if not self.stopping:
-                delivered = await self.notifier.deliver_due()
+            delivered += await self.notifier.deliver_due()
+            while not self.stopping:
+                claimed = await self._refill()
+                saved, new_events = await self._flush()
+                polled += saved
+                created += new_events
+                if new_events:
+                    delivered += await self.notifier.deliver_due()
+                self.last_tick_at = self.clock()
+                if not claimed and not self._in_flight:
+                    break
+                if not claimed and time.perf_counter() - started > STRAGGLER_GRACE_SECONDS:
+                    break  # only slow polls are left: they finish in the background
+                await asyncio.wait(self._in_flight, timeout=FLUSH_SECONDS)
         except Exception:
             log.exception("watcher tick failed; the next tick will try again")
         seconds = time.perf_counter() - started
         METRICS.tick_duration.observe(seconds)
         self.last_tick_at = self.clock()
-        return TickReport(polled, notifications, delivered, seconds)
+        return TickReport(polled, created, delivered, seconds)
 
-    async def poll_due(self) -> tuple[int, int]:
-        """Poll due imports batch by batch until none is due; returns (polled, events).
-
-        Two batches overlap: the next one is leased and its polls queued while the
-        previous one is still being answered and saved. So the requests never pause
-        at a batch boundary (``concurrency`` alone bounds them) and the database
-        work runs while requests are in flight.
-        """
-        polled = created = 0
-        unsaved: list[asyncio.Future[list[PollResult]]] = []  # at most two batches
-        try:
-            batch = await self._claim() if not self.stopping else []
-            while batch:
-                unsaved.append(asyncio.gather(*(self._poll(item) for item in batch)))
-                polled += len(batch)
-                more = len(batch) == self.batch_size
-                if len(unsaved) == 2:
-                    created += await self._save(await unsaved[0])
-                    unsaved.pop(0)
-                batch = await self._claim() if more and not self.stopping else []
-            while unsaved:
-                created += await self._save(await unsaved[0])
-                unsaved.pop(0)
-        finally:
-            for polls in unsaved:  # after an error or a cancel: their leases simply expire
-                polls.cancel()
-                polls.add_done_callback(_outcome_seen)
-        return polled, created
-
-    async def _claim(self) -> list[DueImport]:
-        return await asyncio.to_thread(
-            self.store.claim_due_imports,
-            self.owner,
-            self.clock(),
-            self.batch_size,
-            self.lease_seconds,
+    async def _refill(self) -> int:
+        """Lease due imports up to the free capacity and start polling them."""
+        free = self.capacity - len(self._in_flight)
+        if free <= 0:
+            return 0
+        batch = await asyncio.to_thread(
+            self.store.claim_due_imports, self.owner, self.clock(), free, self.lease_seconds
         )
+        for item in batch:
+            self._in_flight.add(asyncio.ensure_future(self._poll(item)))
+        return len(batch)
 
-    async def _save(self, results: list[PollResult]) -> int:
-        return await asyncio.to_thread(self.store.save_poll_results, self.owner, results)
+    async def _flush(self) -> tuple[int, int]:
+        """Save every finished poll in one transaction; returns (saved, notifications)."""
+        finished = [task for task in self._in_flight if task.done()]
+        if not finished:
+            return 0, 0
+        self._in_flight.difference_update(finished)
+        results = [t.result() for t in finished if not t.cancelled() and t.exception() is None]
+        for task in finished:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a poll failed unexpectedly", exc_info=task.exception())
+        created = await asyncio.to_thread(self.store.save_poll_results, self.owner, results)
+        return len(results), created
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: let polls in flight finish (up to ``timeout``) and save them.
+
+        Polls still running after that are cancelled; their leases are released
+        by the caller, so another replica (or the next start) polls them again.
+        """
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=timeout)
+        for task in self._in_flight:
+            if not task.done():
+                task.cancel()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
+        await self._flush()
 
     async def _poll(self, item: DueImport) -> PollResult:
         async with self._limit:

@@ -71,6 +71,7 @@ class WatcherScheduler:
             except TimeoutError:
                 log.warning("the current tick did not finish in %.0f s; abandoning it", timeout)
                 task.cancel()
+        await self.watcher.drain(timeout=max(0.5, timeout / 2))
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         await asyncio.to_thread(self.watcher.store.release_leases, self.watcher.owner)

@@ -198,13 +198,6 @@ def test_api_outage_delays_a_transition_but_loses_and_repeats_nothing(
     assert healthy(bot)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug: a tick waits for its slowest request before saving any result, so an "
-        "import whose API calls time out delays every other import by up to HTTP_TIMEOUT_SECONDS"
-    ),
-)
 def test_an_import_whose_api_calls_time_out_does_not_delay_a_healthy_one(
     own_harness: Harness, place: Place
 ) -> None:
