@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -64,6 +65,7 @@ class WatcherScheduler:
         self.watcher.stopping = True
         if self._scheduler.running:
             self._scheduler.pause()  # no new ticks; shutdown() would cancel the running one
+        deadline = time.monotonic() + timeout
         task = self._running
         if task is not None and not task.done():
             try:
@@ -71,7 +73,8 @@ class WatcherScheduler:
             except TimeoutError:
                 log.warning("the current tick did not finish in %.0f s; abandoning it", timeout)
                 task.cancel()
-        await self.watcher.drain(timeout=max(0.5, timeout / 2))
+        # Polls still waiting on the API: finish and save them in the time left.
+        await self.watcher.drain(timeout=max(0.5, deadline - time.monotonic()))
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         await asyncio.to_thread(self.watcher.store.release_leases, self.watcher.owner)
