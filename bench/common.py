@@ -205,6 +205,9 @@ def seed_watches(
             "next_poll_at": next_poll_at,
             "failures": 0,
             "trouble_notified": False,
+            # Watched for a while already: the processing rate's base is known.
+            "rate_base_at": now - timedelta(minutes=5),
+            "rate_base_done": template.done,
         }
         for i, token in enumerate(tokens)
     ]

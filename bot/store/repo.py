@@ -24,6 +24,9 @@ from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
 from bot.watch.events import Event
 from bot.watch.rules import Decision, Memory
 
+# A healthy poll whose next time is within this of what its claim wrote is not saved.
+NEXT_POLL_TOLERANCE_SECONDS = 1.0
+
 ACTIVE = "active"
 ENDED = "ended"
 PENDING = "pending"
@@ -39,6 +42,8 @@ class DueImport:
     client_id: str
     access_token: int
     memory: Memory
+    #: What the claim already wrote as the next poll (the active interval from now).
+    expected_next_poll_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,29 @@ class PollResult:
     polled_at: datetime
     next_poll_at: datetime
     error: str | None = None
+    previous: Memory | None = None
+    expected_next_poll_at: datetime | None = None
+
+    def needs_saving(self) -> bool:
+        """False for a healthy poll that changed nothing and is due when the claim said.
+
+        The claim already wrote the lease, the poll time and the next poll, so
+        such a poll costs one row in all (the claim); its lease simply runs out.
+        """
+        previous, memory = self.previous, self.decision.memory
+        if previous is None or self.expected_next_poll_at is None or self.error is not None:
+            return True
+        if self.decision.events or self.decision.changed or self.decision.finished:
+            return True
+        if memory.failures or previous.failures:
+            return True
+        if (memory.rate_base_at, memory.rate_base_done) != (
+            previous.rate_base_at,
+            previous.rate_base_done,
+        ):
+            return True
+        drift = abs((self.next_poll_at - self.expected_next_poll_at).total_seconds())
+        return drift > NEXT_POLL_TOLERANCE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -304,14 +332,39 @@ class Store:
     # ----- the watcher ----------------------------------------------------
 
     def claim_due_imports(
-        self, owner: str, now: datetime, limit: int, lease_seconds: float
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        expected_interval: float | None = None,
     ) -> list[DueImport]:
-        """Lease up to ``limit`` imports that are due and watched by someone."""
+        """Lease up to ``limit`` imports that are due and watched by someone.
+
+        The claim also writes the poll time and the next poll, ``expected_interval``
+        (default: the lease) from now, as if the poll will change nothing, which it
+        usually does not: then the poll itself needs no write at all (see
+        PollResult.needs_saving). A lease this replica still holds does not stop
+        it claiming the import once it is due again.
+        """
+        interval = lease_seconds if expected_interval is None else expected_interval
+        expected = now + timedelta(seconds=interval)
+        values: dict[str, Any] = {
+            "lease_owner": owner,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+            # Not due again before then, even for this replica: it is never polled twice.
+            "next_poll_at": expected,
+            "last_polled_at": now,
+        }
         due = (
             select(ImportRow.id)
             .where(
                 ImportRow.next_poll_at <= now,
-                or_(ImportRow.lease_until.is_(None), ImportRow.lease_until < now),
+                or_(
+                    ImportRow.lease_until.is_(None),
+                    ImportRow.lease_until < now,
+                    ImportRow.lease_owner == owner,
+                ),
                 exists().where(
                     SubscriptionRow.import_id == ImportRow.id, SubscriptionRow.state == ACTIVE
                 ),
@@ -324,7 +377,7 @@ class Store:
             rows = conn.execute(
                 update(ImportRow)
                 .where(ImportRow.id.in_(due.scalar_subquery()))
-                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+                .values(**values)
                 .returning(
                     ImportRow.id,
                     ImportRow.client_id,
@@ -352,6 +405,7 @@ class Store:
                     rate_base_at=r.rate_base_at,
                     rate_base_done=r.rate_base_done,
                 ),
+                expected_next_poll_at=expected,
             )
             for r in rows
         ]
@@ -359,7 +413,8 @@ class Store:
     def save_poll_results(self, owner: str, results: Iterable[PollResult]) -> int:
         """Record a batch of polls in one transaction; returns notifications created.
 
-        Unchanged polls become one batched UPDATE (one row each). A changed
+        Healthy unchanged polls were fully recorded by their claim and are skipped;
+        other quiet ones (errors, backoff) become one batched UPDATE. A changed
         import is saved only if this replica still holds its lease; its events
         go into the outbox in the same transaction, so a crash either keeps
         both or neither.
@@ -368,6 +423,8 @@ class Store:
         changed: list[PollResult] = []
         for result in results:
             decision = result.decision
+            if not result.needs_saving():
+                continue
             if decision.events or decision.changed or decision.finished:
                 changed.append(result)
             else:
@@ -387,6 +444,8 @@ class Store:
                         "lease_until": None,
                     }
                 )
+        if not quiet and not changed:
+            return 0
         created = 0
         with self.engine.begin() as conn:
             if quiet:
@@ -646,6 +705,17 @@ class Store:
                 update(SubscriptionRow)
                 .where(SubscriptionRow.id == subscription_id, SubscriptionRow.lease_owner == owner)
                 .values(lease_owner=None, lease_until=None)
+            )
+
+    def abandon_polls(self, owner: str, import_ids: list[int], now: datetime) -> None:
+        """Polls cut short at shutdown: due again now, for any replica."""
+        if not import_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ImportRow)
+                .where(ImportRow.id.in_(import_ids), ImportRow.lease_owner == owner)
+                .values(next_poll_at=now, lease_owner=None, lease_until=None)
             )
 
     def release_leases(self, owner: str) -> None:

@@ -84,8 +84,9 @@ class Watcher:
         self.concurrency = settings.poll_concurrency
         # Leased imports in flight at once: enough to keep ``concurrency`` requests
         # busy between two refills, few enough that none waits near its lease's end.
-        self.capacity = max(100, settings.poll_concurrency * 4)
-        self._in_flight: set[asyncio.Future[PollResult]] = set()
+        self.capacity = max(100, settings.poll_concurrency * 8)
+        # Polls in flight, by import id (a slow one is never started twice).
+        self._in_flight: dict[asyncio.Future[PollResult], int] = {}
         self.last_tick_at: datetime | None = None
         self.stopping = False
         self._limit = asyncio.Semaphore(settings.poll_concurrency)
@@ -103,6 +104,7 @@ class Watcher:
         """
         started = time.perf_counter()
         polled = created = delivered = 0
+        nothing_due_since: float | None = None
         try:
             delivered += await self.notifier.deliver_due()
             while not self.stopping:
@@ -115,7 +117,11 @@ class Watcher:
                 self.last_tick_at = self.clock()
                 if not claimed and not self._in_flight:
                     break
-                if not claimed and time.perf_counter() - started > STRAGGLER_GRACE_SECONDS:
+                if claimed:
+                    nothing_due_since = None
+                elif nothing_due_since is None:
+                    nothing_due_since = time.perf_counter()
+                elif time.perf_counter() - nothing_due_since > STRAGGLER_GRACE_SECONDS:
                     break  # only slow polls are left: they finish in the background
                 await asyncio.wait(self._in_flight, timeout=FLUSH_SECONDS)
         except Exception:
@@ -131,10 +137,17 @@ class Watcher:
         if free <= 0:
             return 0
         batch = await asyncio.to_thread(
-            self.store.claim_due_imports, self.owner, self.clock(), free, self.lease_seconds
+            self.store.claim_due_imports,
+            self.owner,
+            self.clock(),
+            free,
+            self.lease_seconds,
+            self.schedule.active_interval,
         )
+        busy = set(self._in_flight.values())
         for item in batch:
-            self._in_flight.add(asyncio.ensure_future(self._poll(item)))
+            if item.id not in busy:
+                self._in_flight[asyncio.ensure_future(self._poll(item))] = item.id
         return len(batch)
 
     async def _flush(self) -> tuple[int, int]:
@@ -142,7 +155,8 @@ class Watcher:
         finished = [task for task in self._in_flight if task.done()]
         if not finished:
             return 0, 0
-        self._in_flight.difference_update(finished)
+        for task in finished:
+            del self._in_flight[task]
         results = [t.result() for t in finished if not t.cancelled() and t.exception() is None]
         for task in finished:
             if not task.cancelled() and task.exception() is not None:
@@ -158,12 +172,13 @@ class Watcher:
         """
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
+        abandoned = [i for task, i in self._in_flight.items() if not task.done()]
         for task in self._in_flight:
-            if not task.done():
-                task.cancel()
+            task.cancel()
         if self._in_flight:
             await asyncio.wait(self._in_flight)
         await self._flush()
+        await asyncio.to_thread(self.store.abandon_polls, self.owner, abandoned, self.clock())
 
     async def _poll(self, item: DueImport) -> PollResult:
         async with self._limit:
@@ -205,6 +220,8 @@ class Watcher:
             polled_at=now,
             next_poll_at=next_at,
             error=type(error).__name__ if error else None,
+            previous=item.memory,
+            expected_next_poll_at=item.expected_next_poll_at,
         )
 
     async def _fetch(self, item: DueImport) -> Outcome:

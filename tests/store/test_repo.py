@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from bot.mypreferences.errors import Unavailable
 from bot.mypreferences.models import ImportStatus, Status
@@ -17,7 +17,7 @@ from bot.store.engine import make_engine, migrate
 from bot.store.repo import DueImport, PollResult, Store
 from bot.store.tables import Base, ImportRow, NotificationRow, SubscriptionRow
 from bot.watch.events import EventKind
-from bot.watch.rules import EXPIRED, Decision, Outcome, Rules, decide
+from bot.watch.rules import EXPIRED, Decision, Memory, Outcome, Rules, decide
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 60.0
@@ -407,7 +407,7 @@ def test_a_result_saved_after_losing_the_lease_is_ignored(store: Store, engine: 
     imported = rows(engine, ImportRow)[0]
     assert imported["status"] == "Processing"
     assert imported["lease_owner"] == "B"
-    assert imported["last_polled_at"] == NOW  # from subscribing, not from A's poll
+    assert imported["last_polled_at"] == NOW + timedelta(seconds=LEASE + 1)  # B's claim
     assert one(engine, SubscriptionRow, subscription)["state"] == "active"
     assert notification_count(engine) == 0
     # The owner of the lease still saves.
@@ -616,8 +616,8 @@ def test_end_team_ends_only_that_workspace(store: Store, engine: Engine) -> None
 def test_release_leases_gives_back_only_this_owners_leases(store: Store, engine: Engine) -> None:
     watch(store, status(token=1))
     watch(store, status(token=2))
-    store.claim_due_imports("A", NOW, limit=1, lease_seconds=LEASE)
-    store.claim_due_imports("B", NOW, limit=1, lease_seconds=LEASE)
+    store.claim_due_imports("A", NOW, limit=1, lease_seconds=LEASE, expected_interval=1)
+    store.claim_due_imports("B", NOW, limit=1, lease_seconds=LEASE, expected_interval=1)
     store.claim_deliveries("A", NOW, limit=1, lease_seconds=LEASE)
 
     store.release_leases("A")
@@ -625,7 +625,9 @@ def test_release_leases_gives_back_only_this_owners_leases(store: Store, engine:
     owners = {r["access_token"]: r["lease_owner"] for r in rows(engine, ImportRow)}
     assert sorted(owners.values(), key=str) == ["B", None]
     assert [s["lease_owner"] for s in rows(engine, SubscriptionRow)] == [None, None]
-    assert len(store.claim_due_imports("C", NOW, limit=10, lease_seconds=LEASE)) == 1
+    # Due again after a second; only A's, whose lease was given back, can be taken.
+    later = NOW + timedelta(seconds=LEASE / 2)
+    assert len(store.claim_due_imports("C", later, limit=10, lease_seconds=LEASE)) == 1
     assert len(store.claim_deliveries("C", NOW, limit=10, lease_seconds=LEASE)) == 2
 
 
@@ -685,3 +687,60 @@ def test_concurrent_claims_never_hand_out_the_same_import(postgres_url: str) -> 
             assert all(owners[i] == owner for i in ids)
     finally:
         engine.dispose()
+
+
+# ----- one row per unchanged poll ------------------------------------------------------------
+
+
+def _claimed_poll(store: Store, outcome: Outcome, *, interval: float = 30) -> PollResult:
+    (item,) = store.claim_due_imports(
+        "A", NOW, limit=1, lease_seconds=LEASE, expected_interval=interval
+    )
+    decision = decide(item.memory, outcome, NOW, RULES)
+    return PollResult(
+        import_id=item.id,
+        decision=decision,
+        polled_at=NOW,
+        next_poll_at=NOW + timedelta(seconds=interval),
+        previous=item.memory,
+        expected_next_poll_at=item.expected_next_poll_at,
+    )
+
+
+def test_a_healthy_unchanged_poll_is_fully_recorded_by_its_claim(
+    store: Store, engine: Engine
+) -> None:
+    watch(store)
+    # Watched a while: the first Processing poll set the rate base; this one changes nothing.
+    first = _claimed_poll(store, status())
+    store.save_poll_results("A", [first])
+    with engine.begin() as conn:
+        conn.execute(update(ImportRow).values(next_poll_at=NOW))
+    before = rows(engine, ImportRow)[0]
+
+    result = _claimed_poll(store, status())
+
+    assert result.needs_saving() is False
+    assert store.save_poll_results("A", [result]) == 0
+    after = rows(engine, ImportRow)[0]
+    # The claim wrote when it was polled and when it is due next; nothing else moved.
+    assert after["next_poll_at"] == NOW + timedelta(seconds=30)
+    assert after["last_polled_at"] == NOW
+    assert {k: v for k, v in after.items() if k not in ("next_poll_at", "lease_until")} == {
+        k: v for k, v in before.items() if k not in ("next_poll_at", "lease_until", "lease_owner")
+    } | {"lease_owner": "A"}
+
+
+def test_polls_that_change_memory_or_fail_are_saved(store: Store) -> None:
+    watch(store)
+    assert _claimed_poll(store, status()).needs_saving()  # sets the processing rate's base
+    failing = PollResult(
+        import_id=1,
+        decision=decide(Memory(status=status()), Unavailable(), NOW, RULES),
+        polled_at=NOW,
+        next_poll_at=NOW + timedelta(seconds=30),
+        error="Unavailable",
+        previous=Memory(status=status()),
+        expected_next_poll_at=NOW + timedelta(seconds=30),
+    )
+    assert failing.needs_saving()
