@@ -34,6 +34,9 @@ def build_app(
     ``process_before_response=False``: the HTTP answer goes out as soon as a
     listener calls ``ack()``; the listener then goes on with the slow part.
     """
+    # Bolt also reads SLACK_BOT_TOKEN itself and then warns that our client's token
+    # wins; it is the same token, so the warning would only puzzle operators.
+    logging.getLogger("slack_bolt.AsyncApp").addFilter(_not_token_skipped)
     app = AsyncApp(
         client=client,
         signing_secret=signing_secret,
@@ -71,6 +74,10 @@ async def ignore_retried_interactions(
         )
         return BoltResponse(status=200, body="")
     return await next()
+
+
+def _not_token_skipped(record: logging.LogRecord) -> bool:
+    return "`token` will be unused" not in record.getMessage()
 
 
 async def _log_listener_error(error: Exception, body: dict[str, Any]) -> None:

@@ -152,38 +152,19 @@ class CommandHandler:
             if denial is not None:
                 await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
                 return
-        token = parsed.access_token
         if parsed.verb == "list":
-            await answer(
-                ack,
-                respond,
-                guarded(None, lambda: self._list(team_id, channel_id)),
-                "Looking up this channel's watches…",
-            )
-        elif parsed.verb == "lookup":
-            assert token is not None
-            await answer(
-                ack,
-                respond,
-                guarded(token, lambda: self._lookup(team_id, channel_id, user_id, token)),
-                f"Looking up import {token}…",
-            )
-        elif parsed.verb == "watch":
-            assert token is not None
-            await answer(
-                ack,
-                respond,
-                guarded(token, lambda: self.watch(team_id, channel_id, user_id, token)),
-                f"Checking import {token} before watching it…",
-            )
-        elif parsed.verb == "unwatch":
-            assert token is not None
-            await answer(
-                ack,
-                respond,
-                guarded(token, lambda: self.unwatch(team_id, channel_id, user_id, token)),
-                f"Stopping the watch of import {token}…",
-            )
+            work = guarded(None, lambda: self._list(team_id, channel_id))
+            await answer(ack, respond, work, "Looking up this channel's watches…")
+            return
+        token = parsed.access_token
+        assert token is not None  # every other verb carries one
+        action, pending = {
+            "lookup": (self._lookup, f"Looking up import {token}…"),
+            "watch": (self.watch, f"Checking import {token} before watching it…"),
+            "unwatch": (self.unwatch, f"Stopping the watch of import {token}…"),
+        }[parsed.verb]
+        work = guarded(token, lambda: action(team_id, channel_id, user_id, token))
+        await answer(ack, respond, work, pending)
 
     async def _lookup(
         self, team_id: str, channel_id: str, user_id: str, token: int
