@@ -167,7 +167,11 @@ def test_oversized_chunked_body_without_length_is_refused_with_413(
     harness: Harness, bot: BotProcess, http: httpx.Client
 ) -> None:
     response_url = harness.emulator.new_response_url(channel="C0001", user="U0001")
-    body = slash_command_body(str(TOKEN), response_url=response_url) + b"&pad=" + b"x" * 70_000
+    body = (
+        slash_command_body(str(TOKEN), response_url=response_url)
+        + b"&pad="
+        + b"x" * (MAX_BODY_BYTES + 1)
+    )
     headers = {"Content-Type": FORM, **sign_request(SIGNING_SECRET, body)}
     calls = harness.sim.status_calls()
 
