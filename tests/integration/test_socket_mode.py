@@ -1,0 +1,32 @@
+"""`import-status-bot socket`: no public Slack URL, but health and metrics on the port.
+
+The Slack emulator does not speak the Socket Mode protocol, so this shows what
+an operator sees when Slack cannot be reached: the bot keeps running, keeps
+retrying, and /healthz says the socket is disconnected.
+"""
+
+import httpx
+
+from bot.harness import Harness
+from bot.slack.emulator import wait_for
+
+
+def test_socket_mode_serves_health_and_metrics_and_reports_a_disconnected_socket(
+    harness: Harness,
+) -> None:
+    bot = harness.start_bot("socket", SLACK_APP_TOKEN="xapp-1-A0001-test-token")
+
+    health = wait_for(
+        lambda: (r := httpx.get(bot.url + "/healthz", timeout=3)).status_code == 503 and r,
+        timeout=10,
+        description="/healthz to report the socket",
+    )
+    body = health.json()
+    assert body["socket"] == "disconnected"
+    assert "socket: disconnected" in body["problems"]
+    assert httpx.get(bot.url + "/metrics", timeout=3).status_code == 200
+    # No request URL in Socket Mode: Slack's HTTP route is not served.
+    assert httpx.post(bot.url + "/slack/events", content=b"x", timeout=3).status_code == 404
+    wait_for(lambda: "Socket Mode connection failed" in bot.log_text(), timeout=10)
+    assert bot.running()
+    assert "xapp-1-A0001-test-token" not in bot.log_text()
