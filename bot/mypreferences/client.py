@@ -31,7 +31,7 @@ import httpx
 from bot.config import Settings
 from bot.mypreferences import errors
 from bot.mypreferences.auth import Authenticator, make_authenticator, read_limited
-from bot.mypreferences.models import ImportStatus, _count, parse_import_status
+from bot.mypreferences.models import ImportStatus, parse_count, parse_import_status
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,11 @@ def parse_exceptions_page(body: Mapping[str, Any]) -> ExceptionsPage:
     records = next((value for value in body.values() if isinstance(value, list)), [])
     has_more = body.get("HasMore")
     return ExceptionsPage(
-        count=_count(body.get("Count")),
+        count=parse_count(body.get("Count")),
         has_more=has_more if isinstance(has_more, bool) else None,
-        limit=_count(body.get("Limit")),
-        offset=_count(body.get("Offset")),
-        total_results=_count(body.get("TotalResults")),
+        limit=parse_count(body.get("Limit")),
+        offset=parse_count(body.get("Offset")),
+        total_results=parse_count(body.get("TotalResults")),
         records=[record for record in records if isinstance(record, dict)],
     )
 

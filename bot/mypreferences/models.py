@@ -102,7 +102,7 @@ def _normalise_offset(offset: str) -> str:
     return f"{offset[0]}{digits[:2]}:{digits[2:]}"
 
 
-def _count(value: object) -> int | None:
+def parse_count(value: object) -> int | None:
     """A record count, or None when missing or not a sane non-negative integer."""
     if isinstance(value, bool):
         return None
@@ -190,13 +190,13 @@ def parse_import_status(body: object, access_token: int, default_tz: tzinfo = UT
         status=parse_status_name(raw_status),
         status_text=raw_status[:50] if isinstance(raw_status, str) else None,
         name=name,
-        total_records_received=_count(body.get("TotalRecordsReceived")),
-        validation_successful=_count(body.get("ValidationSuccessful")),
-        validation_failed=_count(body.get("ValidationFailed")),
-        processed=_count(body.get("Processed")),
-        pending=_count(body.get("Pending")),
-        exceptions=_count(body.get("Exceptions")),
-        not_honored=_count(body.get("NotHonored")),
+        total_records_received=parse_count(body.get("TotalRecordsReceived")),
+        validation_successful=parse_count(body.get("ValidationSuccessful")),
+        validation_failed=parse_count(body.get("ValidationFailed")),
+        processed=parse_count(body.get("Processed")),
+        pending=parse_count(body.get("Pending")),
+        exceptions=parse_count(body.get("Exceptions")),
+        not_honored=parse_count(body.get("NotHonored")),
         expires=parse_expires(raw_expires, default_tz),
         expires_text=expires_text,
         import_action=action[:20] if isinstance(action, str) else None,
