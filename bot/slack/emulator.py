@@ -429,15 +429,9 @@ def _block_problems(blocks: list[Any]) -> list[str]:
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             problems.append(f"[ERROR] a block needs a type [json-pointer:{where}]")
             continue
-        block_id = block.get("block_id")
-        if block_id is not None:
-            if not isinstance(block_id, str) or len(block_id) > _BLOCK_ID_MAX:
-                problems.append(f"[ERROR] invalid block_id [json-pointer:{where}/block_id]")
-            elif block_id in block_ids:
-                problems.append(f"[ERROR] duplicate block_id [json-pointer:{where}/block_id]")
-            else:
-                block_ids.add(block_id)
-        found: list[str | None] = []
+        found: list[str | None] = [
+            _id_problem(block.get("block_id"), block_ids, _BLOCK_ID_MAX, f"{where}/block_id")
+        ]
         kind = block["type"]
         if kind == "section":
             fields = block.get("fields")
@@ -465,6 +459,19 @@ def _block_problems(blocks: list[Any]) -> list[str]:
     return problems
 
 
+def _id_problem(value: Any, seen: set[str], longest: int, pointer: str) -> str | None:
+    """A block_id or action_id must be a short string, unique within its message/block."""
+    if value is None:
+        return None
+    name = pointer.rsplit("/", 1)[-1]
+    if not isinstance(value, str) or len(value) > longest:
+        return f"[ERROR] invalid {name} [json-pointer:{pointer}]"
+    if value in seen:
+        return f"[ERROR] duplicate {name} [json-pointer:{pointer}]"
+    seen.add(value)
+    return None
+
+
 def _actions_problems(elements: Any, where: str) -> list[str | None]:
     if not isinstance(elements, list) or not 1 <= len(elements) <= _ACTIONS_ELEMENTS_MAX:
         return [f"[ERROR] 1 to {_ACTIONS_ELEMENTS_MAX} elements [json-pointer:{where}/elements]"]
@@ -475,14 +482,9 @@ def _actions_problems(elements: Any, where: str) -> list[str | None]:
         if not isinstance(element, dict) or element.get("type") != "button":
             continue  # only buttons are checked in detail
         found.append(_text_problem(element.get("text"), f"{at}/text", _BUTTON_TEXT_MAX, True))
-        action_id = element.get("action_id")
-        if action_id is not None:
-            if not isinstance(action_id, str) or len(action_id) > _ACTION_ID_MAX:
-                found.append(f"[ERROR] invalid action_id [json-pointer:{at}/action_id]")
-            elif action_id in action_ids:
-                found.append(f"[ERROR] duplicate action_id [json-pointer:{at}/action_id]")
-            else:
-                action_ids.add(action_id)
+        found.append(
+            _id_problem(element.get("action_id"), action_ids, _ACTION_ID_MAX, f"{at}/action_id")
+        )
         value = element.get("value")
         if value is not None and (not isinstance(value, str) or len(value) > _BUTTON_VALUE_MAX):
             found.append(f"[ERROR] value too long [json-pointer:{at}/value]")

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from bot.mypreferences.models import ImportStatus, Status
 from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
-from bot.watch.events import Event
+from bot.watch.events import Event, EventKind
 from bot.watch.rules import Decision, Memory
 
 # A healthy poll whose next time is within this of what its claim wrote is not saved.
@@ -765,17 +765,6 @@ class Store:
                 .values(state=DROPPED)
             )
 
-    def counts(self) -> dict[str, int]:
-        """Small numbers for /healthz and tests."""
-        with self.engine.connect() as conn:
-            active = conn.execute(
-                select(func.count()).where(SubscriptionRow.state == ACTIVE)
-            ).scalar_one()
-            pending = conn.execute(
-                select(func.count()).where(NotificationRow.state == PENDING)
-            ).scalar_one()
-        return {"active_subscriptions": int(active), "pending_notifications": int(pending)}
-
     def watched_imports_by_status(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -797,7 +786,7 @@ def _finish_reason(decision: Decision) -> str:
     if (
         status is not None
         and status.status.is_terminal
-        and not any(e.kind.value == "expired" for e in decision.events)
+        and not any(e.kind is EventKind.EXPIRED for e in decision.events)
     ):
         return status.status.value
     return "token expired"
