@@ -1,0 +1,1 @@
+"""The exceptions archive: page through Retrieve exceptions, write the file, summarise."""
