@@ -1,7 +1,7 @@
 """The command path: signed ``/import-status TOKEN`` requests against a real ``serve`` process.
 
 M lookups are sent K at a time to ``POST /slack/events`` of a real bot
-process (started by ``bot.harness.Harness``), once with the simulator
+process (started by ``bot.sandbox.harness.Harness``), once with the simulator
 answering in 50 ms and once in 5 s. Each of the K senders sends its next
 command as soon as the previous one is acknowledged, as Slack does: Slack
 waits for the acknowledgement only.
@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 
 from bench.common import SimulatorProcess, percentile, print_machine, table, write_json
-from bot.harness import SIGNING_SECRET, BotProcess, Harness
-from bot.slack.emulator import message_text, sign_request, slash_command_body, wait_for
+from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
+from bot.sandbox.slack_emulator import message_text, sign_request, slash_command_body, wait_for
 
 SLACK_ACK_LIMIT = 3.0
 

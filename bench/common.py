@@ -24,8 +24,8 @@ import httpx
 from sqlalchemy import Engine, insert
 from sqlalchemy.engine import make_url
 
-from bot.mypreferences.models import ImportStatus
-from bot.mypreferences.simulator import (
+from bot.domain.status import ImportStatus
+from bot.sandbox.mypreferences_simulator import (
     DEFAULT_AUTHORIZATION,
     SEED_FIRST_TOKEN,
     base_url,
@@ -51,7 +51,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 class SimulatorProcess:
-    """``python -m bot.mypreferences.simulator --seed N`` in its own process.
+    """``python -m bot.sandbox.mypreferences_simulator --seed N`` in its own process.
 
     Its CPU is then not the bot's, and it can be measured on its own.
     """
@@ -65,7 +65,7 @@ class SimulatorProcess:
             [
                 sys.executable,
                 "-m",
-                "bot.mypreferences.simulator",
+                "bot.sandbox.mypreferences_simulator",
                 "--port",
                 str(self.port),
                 "--client-id",
@@ -184,7 +184,7 @@ def seed_watches(
 
     Each stored snapshot equals what the simulator will answer (``template``
     with the token and its default name), so every poll is an unchanged poll.
-    The tracking card counts as posted, so the notifier has nothing to do.
+    The tracking card counts as posted, so delivery has nothing to do.
     """
     now = next_poll_at - timedelta(seconds=1)
     imports = [

@@ -1,9 +1,9 @@
-"""The poll engine: one full cycle over N watched imports with the real Watcher.
+"""The poll engine: one full cycle over N watched imports with the real Poller.
 
 The simulator runs in its own process (seeded with N identical Processing
 imports, each answer delayed by D seconds), so this process's CPU time is the
 bot's alone. N imports and subscriptions are written straight into a scratch
-database, all due now, and one ``Watcher.tick()`` polls them all, C requests
+database, all due now, and one ``Poller.tick()`` polls them all, C requests
 at a time. Every poll is unchanged, so nothing is sent to Slack.
 
 Measured: the cycle time against the lower bound N*D/C, CPU ms per poll,
@@ -44,13 +44,13 @@ from bench.common import (
     write_json,
 )
 from bot.config import Need, load_settings
+from bot.domain.status import ImportStatus
 from bot.metrics import METRICS
 from bot.mypreferences.client import MyPreferencesClient
-from bot.mypreferences.models import ImportStatus
+from bot.slack.delivery import Delivery
+from bot.store import Store
 from bot.store.engine import make_engine, migrate
-from bot.store.repo import Store
-from bot.watch.engine import Watcher
-from bot.watch.notifier import Notifier
+from bot.watch.poller import Poller
 
 OWNER = "bench-poll-engine"
 
@@ -150,8 +150,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         store = Store(engine)
         slack = AsyncWebClient(token="xoxb-bench", base_url="http://127.0.0.1:9/api/")
-        notifier = Notifier(store, slack, OWNER, lease_seconds=settings.lease_seconds)
-        watcher = Watcher(settings, store, api, notifier, OWNER)
+        delivery = Delivery(store.outbox, slack, OWNER, lease_seconds=settings.lease_seconds)
+        watcher = Poller(settings, store.polls, api, delivery, OWNER)
         writes = WriteCounter(engine)
         rss_before = peak_rss_mb()
 

@@ -34,8 +34,8 @@ from bench.common import (
     write_json,
 )
 from bot.config import Need, load_settings
-from bot.harness import Harness
 from bot.mypreferences.client import MyPreferencesClient
+from bot.sandbox.harness import Harness
 from bot.store.engine import make_engine, migrate
 from bot.store.tables import ImportRow
 

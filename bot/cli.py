@@ -17,15 +17,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 from bot.config import ConfigError, Need, Settings, load_settings
+from bot.exit_codes import ExitCode
 from bot.logs import STARTUP_LOGGER, setup_logging
 
 log = logging.getLogger("bot")
-
-EXIT_OK = 0
-EXIT_NOT_FOUND = 2  # the API does not know the token, or it expired (401)
-EXIT_CONFIG = 3  # settings, credentials or permissions are wrong
-EXIT_UNAVAILABLE = 4  # the API is down, slow, or answered nonsense
-EXIT_USAGE = 64
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,16 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "status":
             return _status(args.token)
         if command == "demo":
-            from bot.demo import run_demo
+            from bot.sandbox.demo import run_demo
 
             return run_demo(fast=getattr(args, "fast", False))
     except ConfigError as exc:
         print(f"import-status-bot: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     parser.print_help()
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,20 +94,21 @@ def _migrate() -> int:
     finally:
         engine.dispose()
     print(f"database is at schema revision {revision}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _status(raw_token: str) -> int:
     from bot.clock import utcnow
     from bot.mypreferences.client import MyPreferencesClient, RetryPolicy
     from bot.mypreferences.errors import ApiError
-    from bot.slack.commands import parse_access_token
+    from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
     from bot.terminal import format_status
 
-    token = parse_access_token(raw_token.strip())
-    if isinstance(token, str):
-        print(f"import-status-bot: {token.replace('`', '')}", file=sys.stderr)
-        return EXIT_USAGE
+    try:
+        token = parse_access_token(raw_token)
+    except InvalidAccessToken as exc:
+        print(f"import-status-bot: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     settings = _settings({Need.API})
     # The same budget as a lookup in Slack, so LOOKUP_BUDGET_SECONDS bounds this too.
     retry = RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
@@ -125,7 +121,7 @@ def _status(raw_token: str) -> int:
                 print(f"import-status-bot: import {token}: {exc.user_message}", file=sys.stderr)
                 return exc.exit_code
         print(format_status(status, utcnow()))
-        return EXIT_OK
+        return ExitCode.OK
 
     return asyncio.run(lookup())
 
@@ -163,7 +159,7 @@ def _serve(*, socket_mode: bool) -> int:
     mode = "socket" if socket_mode else "HTTP"
     logging.getLogger(STARTUP_LOGGER).info("listening on http://%s:%d (%s mode)", host, port, mode)
     server.run(sockets=[sock])
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _graceful_server_class() -> type:

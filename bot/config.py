@@ -9,9 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, tzinfo
+from datetime import UTC, timedelta, tzinfo
 from enum import Enum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.domain.rules import Rules
+from bot.domain.schedule import Schedule
 
 DEFAULT_MYPREFERENCES_API_URL = "https://pm.mypreferences.com/Profiles/"
 DEFAULT_STATUS_PATH = "Async/{clientId}/Import/{accessToken}/Status"
@@ -81,6 +84,22 @@ class Settings:
     allowed_user_ids: frozenset[str] = field(default_factory=frozenset)
     lookup_limit: int = 30
     lookup_window_seconds: float = 600.0
+
+    def rules(self) -> Rules:
+        """The product's rules as these settings tune them."""
+        return Rules(
+            expiry_warning=timedelta(minutes=self.expiry_warning_minutes),
+            trouble_after=timedelta(minutes=self.api_trouble_minutes),
+        )
+
+    def schedule(self) -> Schedule:
+        """The polling schedule as these settings tune it."""
+        return Schedule(
+            active_interval=self.poll_interval_seconds,
+            idle_interval=self.idle_poll_interval_seconds,
+            max_backoff=self.max_backoff_seconds,
+            expiry_warning=timedelta(minutes=self.expiry_warning_minutes),
+        )
 
     def secrets(self) -> list[str]:
         """Every secret value configured, for redaction."""

@@ -18,13 +18,13 @@ from bot.config import Settings
 from bot.metrics import METRICS
 from bot.mypreferences.client import MyPreferencesClient
 from bot.service import ImportService
-from bot.slack.access import AccessControl
 from bot.slack.app import build_app
+from bot.slack.delivery import Delivery
+from bot.slack.listeners.access import AccessControl
+from bot.store import Store
 from bot.store.engine import make_engine, migrate
-from bot.store.repo import Store
-from bot.watch.engine import Watcher
-from bot.watch.notifier import Notifier
-from bot.watch.scheduler import WatcherScheduler
+from bot.watch.jobs import PollerJobs
+from bot.watch.poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,21 @@ class Runtime:
             settings, max_connections=max(100, settings.poll_concurrency + 20)
         )
         self.slack = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
-        self.notifier = Notifier(
-            self.store, self.slack, self.owner, lease_seconds=settings.lease_seconds
+        self.delivery = Delivery(
+            self.store.outbox, self.slack, self.owner, lease_seconds=settings.lease_seconds
         )
-        self.watcher = Watcher(settings, self.store, self.api, self.notifier, self.owner)
-        self.scheduler = WatcherScheduler(self.watcher, settings.tick_seconds)
+        self.poller = Poller(settings, self.store.polls, self.api, self.delivery, self.owner)
+        self.jobs = PollerJobs(self.poller, settings.tick_seconds)
         self.access = AccessControl(settings)
-        self.service = ImportService(settings, self.store, self.api, self.notifier)
+        self.service = ImportService(
+            settings, self.store.subscriptions, self.api, self.delivery.deliver_now
+        )
         self.app = build_app(
             client=self.slack,
             signing_secret=None if socket_mode else settings.slack_signing_secret,
             service=self.service,
             access=self.access,
-            store=self.store,
+            subscriptions=self.store.subscriptions,
         )
         self.socket_handler: AsyncSocketModeHandler | None = None
         self._socket_task: asyncio.Task[None] | None = None
@@ -65,7 +67,7 @@ class Runtime:
         return migrate(self.engine)
 
     async def start(self) -> None:
-        self.scheduler.start()
+        self.jobs.start()
         if self.socket_mode:
             self.socket_handler = AsyncSocketModeHandler(
                 self.app, str(self.settings.slack_app_token)
@@ -100,7 +102,8 @@ class Runtime:
             self._socket_task.cancel()
         if self.socket_handler is not None:
             await self.socket_handler.close_async()
-        await self.scheduler.stop(timeout=max(1.0, min(8.0, self.settings.lease_seconds)))
+        await self.jobs.stop(timeout=max(1.0, min(8.0, self.settings.lease_seconds)))
+        await asyncio.to_thread(self.store.release_leases, self.owner)
         await self.api.aclose()
         self.engine.dispose()
         log.info("stopped")
@@ -115,7 +118,7 @@ class Runtime:
         except Exception as exc:
             body["database"] = "unreachable"
             problems.append(f"database: {type(exc).__name__}")
-        last = self.watcher.last_tick_at
+        last = self.poller.last_tick_at
         limit = max(60.0, self.settings.tick_seconds * 10)
         if last is None:
             age = time.monotonic() - self.started_at
@@ -123,7 +126,7 @@ class Runtime:
             if age > limit:
                 problems.append("watcher: no tick finished since start")
         else:
-            age = (self.watcher.clock() - last).total_seconds()
+            age = (self.poller.clock() - last).total_seconds()
             body["watcher"] = {"last_tick_seconds_ago": round(age, 1)}
             if age > limit:
                 problems.append(f"watcher: last tick {age:.0f} s ago")
@@ -142,4 +145,4 @@ class Runtime:
             conn.execute(text("SELECT 1"))
 
     def refresh_gauges(self) -> None:
-        METRICS.set_watched(self.store.watched_imports_by_status())
+        METRICS.set_watched(self.store.subscriptions.watched_imports_by_status())

@@ -1,7 +1,8 @@
 """What the commands and buttons do, independent of how Slack delivered them.
 
 Lookups go to the API; watching stores a subscription after the API has
-confirmed the import exists; the notifier then posts the tracking card.
+confirmed the import exists; delivery (``deliver_now``) then posts the
+tracking card.
 """
 
 from __future__ import annotations
@@ -9,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from bot.clock import Clock, utcnow
 from bot.config import Settings
+from bot.domain.expiry import warning_at
+from bot.domain.schedule import next_poll_at
+from bot.domain.status import ImportStatus
 from bot.mypreferences.client import MyPreferencesClient, RetryPolicy
-from bot.mypreferences.models import ImportStatus
-from bot.store.repo import Store, Watch
-from bot.watch.engine import schedule_from
-from bot.watch.notifier import Notifier
-from bot.watch.schedule import next_poll_at
+from bot.store.interface import SubscriptionStore
+from bot.store.records import Watch
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,18 @@ class ImportService:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        subscriptions: SubscriptionStore,
         api: MyPreferencesClient,
-        notifier: Notifier,
+        deliver_now: Callable[[int], Awaitable[None]],
         clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.subscriptions = subscriptions
         self.api = api
-        self.notifier = notifier
+        #: Brings one subscription's channel up to date now (posts the card).
+        self.deliver_now = deliver_now
         self.clock = clock
-        self.schedule = schedule_from(settings)
+        self.schedule = settings.schedule()
         self.retry = RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
 
     async def lookup(self, access_token: int) -> ImportStatus:
@@ -68,12 +71,15 @@ class ImportService:
         first_poll = next_poll_at(
             now, status.status, 0, status.expires, self.schedule, random.random()
         )
-        if status.expires is not None and status.expires - self.schedule.expiry_warning <= now:
-            # Already inside the warning window: poll at once so the warning is not
+        if (
+            status.expires is not None
+            and warning_at(status.expires, self.schedule.expiry_warning) <= now
+        ):
+            # Already inside the warning window (or past it): poll at once so the warning is not
             # skipped by an idle interval that outlasts the token.
             first_poll = now
         subscribed = await asyncio.to_thread(
-            self.store.subscribe,
+            self.subscriptions.subscribe,
             team_id=team_id,
             channel_id=channel_id,
             client_id=self.settings.client_id,
@@ -88,7 +94,7 @@ class ImportService:
             "watch started",
             extra={"team": team_id, "channel": channel_id, "token": access_token, "user": user_id},
         )
-        await self.notifier.deliver_now(subscribed.subscription_id)
+        await self.deliver_now(subscribed.subscription_id)
         return WatchOutcome(WatchResult.STARTED, status)
 
     async def unwatch(
@@ -96,7 +102,7 @@ class ImportService:
     ) -> bool:
         """End the channel's watch; the card says who ended it. False if none."""
         ended = await asyncio.to_thread(
-            self.store.unsubscribe,
+            self.subscriptions.unsubscribe,
             team_id=team_id,
             channel_id=channel_id,
             client_id=self.settings.client_id,
@@ -110,11 +116,11 @@ class ImportService:
             "watch ended",
             extra={"team": team_id, "channel": channel_id, "token": access_token, "user": user_id},
         )
-        await self.notifier.deliver_now(ended)
+        await self.deliver_now(ended)
         return True
 
     async def watches(self, team_id: str, channel_id: str) -> list[Watch]:
-        return await asyncio.to_thread(self.store.channel_watches, team_id, channel_id)
+        return await asyncio.to_thread(self.subscriptions.channel_watches, team_id, channel_id)
 
     async def is_watched(self, team_id: str, channel_id: str, access_token: int) -> bool:
         watches = await self.watches(team_id, channel_id)

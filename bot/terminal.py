@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.mypreferences.models import ImportStatus
-from bot.slack.render import STATUS_MARKERS, format_count, progress_bar, relative_time
-
-_EMOJI = {
-    ":white_circle:": "○",
-    ":inbox_tray:": "↓",
-    ":hourglass_flowing_sand:": "⧗",
-    ":gear:": "⚙",
-    ":white_check_mark:": "✔",
-    ":x:": "✘",
-    ":grey_question:": "?",
-}
+from bot.domain.format import format_count, progress_bar, relative_time
+from bot.domain.status import STATUS_LOOKS, ImportStatus, Status
 
 
 def status_label(status: ImportStatus) -> str:
-    label = STATUS_MARKERS[status.status]
-    for code, symbol in _EMOJI.items():
-        label = label.replace(code, symbol)
-    if status.status.value == "Unknown" and status.status_text:
+    """The status with its terminal symbol, and what the API said when it was unreadable."""
+    label = f"{STATUS_LOOKS[status.status].symbol} {status.status.value}"
+    if status.status is Status.UNKNOWN and status.status_text:
         label += f" ({status.status_text!r})"
     return label
 

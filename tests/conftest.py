@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.harness import BotProcess, Harness
-from bot.slack.emulator import SlackUser
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.slack_emulator import SlackUser
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

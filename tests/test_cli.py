@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from bot.cli import EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from bot.devserver import ServerThread
+from bot.exit_codes import ExitCode
 from bot.mypreferences import errors
-from bot.mypreferences.simulator import Simulator, base_url, oauth_token_url
+from bot.sandbox.devserver import ServerThread
+from bot.sandbox.mypreferences_simulator import Simulator, base_url, oauth_token_url
 
 CLIENT_ID = "ACME"
 # Recognisable secrets: if any of them shows up in any output, a test fails.
@@ -120,7 +120,7 @@ def test_status_prints_name_status_and_counts_and_exits_0(sim: Simulator, sim_ur
 
     run = run_cli(sim_url, "status", "4242")
 
-    assert run.code == EXIT_OK, run
+    assert run.code == ExitCode.OK, run
     assert "Spring list  (import 4242)" in run.stdout
     assert "Processing" in run.stdout
     for count in ("1,250,000", "1,234,567", "15,433", "617,000"):
@@ -133,7 +133,7 @@ def test_status_prints_name_status_and_counts_and_exits_0(sim: Simulator, sim_ur
 def test_status_of_an_unknown_token_exits_2_with_one_line(sim: Simulator, sim_url: str) -> None:
     run = run_cli(sim_url, "status", "999999")
 
-    assert run.code == EXIT_NOT_FOUND
+    assert run.code == ExitCode.NOT_FOUND
     assert run.stdout == ""
     assert run.stderr_lines == [
         f"import-status-bot: import 999999: {errors.TokenRejected.user_message}"
@@ -145,7 +145,7 @@ def test_status_of_an_expired_token_exits_2(sim: Simulator, sim_url: str) -> Non
 
     run = run_cli(sim_url, "status", "4300")
 
-    assert run.code == EXIT_NOT_FOUND
+    assert run.code == ExitCode.NOT_FOUND
     assert len(run.stderr_lines) == 1
     assert "does not recognise this access token, or it has expired" in run.stderr
     assert "Gone" not in run.stdout + run.stderr
@@ -157,7 +157,7 @@ def test_status_forbidden_exits_3(sim: Simulator, sim_url: str) -> None:
 
     run = run_cli(sim_url, "status", "4301")
 
-    assert run.code == EXIT_CONFIG
+    assert run.code == ExitCode.CONFIG
     assert run.stderr_lines == [
         f"import-status-bot: import 4301: {errors.PermissionDenied.user_message}"
     ]
@@ -168,7 +168,7 @@ def test_status_with_a_wrong_account_id_exits_3(sim: Simulator, sim_url: str) ->
 
     run = run_cli(sim_url, "status", "4302", MYPREFERENCES_CLIENT_ID="NOT-ACME")
 
-    assert run.code == EXIT_CONFIG
+    assert run.code == ExitCode.CONFIG
     assert run.stderr_lines == [
         f"import-status-bot: import 4302: {errors.AccountNotFound.user_message}"
     ]
@@ -181,7 +181,7 @@ def test_status_without_a_client_id_exits_3_naming_the_variable(
 
     run = run_cli(sim_url, "status", "4242", MYPREFERENCES_CLIENT_ID="")
 
-    assert run.code == EXIT_CONFIG
+    assert run.code == ExitCode.CONFIG
     assert len(run.stderr_lines) == 1
     assert "MYPREFERENCES_CLIENT_ID" in run.stderr_lines[0]
     assert run.stderr_lines[0].startswith("import-status-bot: configuration error:")
@@ -193,7 +193,7 @@ def test_status_without_credentials_exits_3_naming_the_variable(
 ) -> None:
     run = run_cli(sim_url, "status", "4242", MYPREFERENCES_AUTHORIZATION="")
 
-    assert run.code == EXIT_CONFIG
+    assert run.code == ExitCode.CONFIG
     assert len(run.stderr_lines) == 1
     assert "MYPREFERENCES_AUTHORIZATION" in run.stderr_lines[0]
 
@@ -204,7 +204,7 @@ def test_status_when_the_api_is_down_exits_4(sim: Simulator, sim_url: str) -> No
 
     run = run_cli(sim_url, "status", "4303")
 
-    assert run.code == EXIT_UNAVAILABLE
+    assert run.code == ExitCode.UNAVAILABLE
     assert run.stderr_lines == [
         f"import-status-bot: import 4303: {errors.Unavailable.user_message}"
     ]
@@ -221,7 +221,7 @@ def test_status_when_the_api_never_answers_exits_4_within_the_lookup_budget(
     # bounds the whole lookup, retries included, as it does for a lookup in Slack.
     run = run_cli(sim_url, "status", "4304", HTTP_TIMEOUT_SECONDS="6", LOOKUP_BUDGET_SECONDS="1.5")
 
-    assert run.code == EXIT_UNAVAILABLE
+    assert run.code == ExitCode.UNAVAILABLE
     assert run.stderr_lines == [f"import-status-bot: import 4304: {errors.Timeout.user_message}"]
     assert run.seconds < 5.5
 
@@ -235,7 +235,7 @@ def test_status_with_a_bad_token_exits_64_without_calling_the_api(
 
     run = run_cli(sim_url, "status", token)
 
-    assert run.code == EXIT_USAGE
+    assert run.code == ExitCode.USAGE
     assert len(run.stderr_lines) == 1
     assert "access token" in run.stderr_lines[0]
     assert "`" not in run.stderr_lines[0]  # Slack's markup is not for the terminal
@@ -260,7 +260,7 @@ def test_status_in_oauth_mode_with_debug_logging_prints_no_secret(
         LOG_LEVEL="DEBUG",
     )
 
-    assert run.code == EXIT_OK, run
+    assert run.code == ExitCode.OK, run
     assert "Bearer  (import 4305)" in run.stdout and "9,000" in run.stdout
     assert sim.token_requests == before + 1
     # run_cli checked the secrets; the bearer token the simulator issued is not shown either.
@@ -273,7 +273,7 @@ def test_errors_with_debug_logging_print_no_secret(sim: Simulator, sim_url: str)
 
     run = run_cli(sim_url, "status", "4306", LOG_LEVEL="DEBUG")
 
-    assert run.code == EXIT_CONFIG
+    assert run.code == ExitCode.CONFIG
     assert "DEBUG" in run.stderr  # the debug lines were written, and run_cli found no secret
 
 
@@ -288,7 +288,7 @@ def test_migrate_creates_the_schema_in_a_fresh_file_and_is_idempotent(tmp_path: 
     first = run_cli(None, "migrate", DATABASE_URL=url)
     second = run_cli(None, "migrate", DATABASE_URL=url)
 
-    assert first.code == EXIT_OK and second.code == EXIT_OK, (first, second)
+    assert first.code == ExitCode.OK and second.code == ExitCode.OK, (first, second)
     assert first.stdout.startswith("database is at schema revision ")
     assert second.stdout == first.stdout
     engine = create_engine(url)
@@ -307,6 +307,6 @@ def test_migrate_creates_the_schema_in_a_fresh_file_and_is_idempotent(tmp_path: 
 def test_migrate_with_a_malformed_database_url_exits_3_naming_the_variable() -> None:
     run = run_cli(None, "migrate", DATABASE_URL="mysql://nope")
 
-    assert run.code == EXIT_CONFIG
+    assert run.code == ExitCode.CONFIG
     assert len(run.stderr_lines) == 1
     assert "DATABASE_URL" in run.stderr_lines[0]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.demo import (
+from bot.sandbox.demo import (
     EXPIRING_NAME,
     EXPIRING_TOKEN,
     MOVING_NAME,

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from bot.harness import Harness
+from bot.sandbox.harness import Harness
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings, load_settings
-from bot.harness import Harness
 from bot.logs import REDACTED, setup_logging
-from bot.slack.emulator import SlackUser, message_text, sign_request, slash_command_body
+from bot.sandbox.harness import Harness
+from bot.sandbox.slack_emulator import SlackUser, message_text, sign_request, slash_command_body
 
 # --------------------------------------------------------------------------- unit
 
@@ -277,7 +277,7 @@ def leak_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 def test_a_running_bot_never_writes_a_secret_to_its_log_or_database(
     leak_harness: Harness, auth_mode: str
 ) -> None:
-    from bot.mypreferences.simulator import oauth_token_url
+    from bot.sandbox.mypreferences_simulator import oauth_token_url
 
     harness = leak_harness
     database = harness.workdir / f"leaks-{auth_mode}.db"

@@ -24,11 +24,11 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 import bot.slack.app as slack_app
-from bot.mypreferences.models import ImportStatus, Status
+from bot.domain.status import ImportStatus, Status
+from bot.sandbox.slack_emulator import block_action_body, event_body, slash_command_body
 from bot.server import create_app
 from bot.slack import render
-from bot.slack.commands import COMMAND
-from bot.slack.emulator import block_action_body, event_body, slash_command_body
+from bot.slack.listeners.commands import COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = ROOT / "manifest.yml"
@@ -71,7 +71,7 @@ def _stand_ins() -> dict[str, Any]:
         "signing_secret": "manifest-test-secret",
         "service": SimpleNamespace(),
         "access": SimpleNamespace(),
-        "store": SimpleNamespace(),
+        "subscriptions": SimpleNamespace(),
     }
 
 

@@ -19,9 +19,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -29,18 +27,20 @@ from urllib.parse import quote
 import httpx
 
 from bot.config import Settings
+from bot.domain.status import ImportStatus
 from bot.mypreferences import errors
 from bot.mypreferences.auth import Authenticator, make_authenticator, read_limited
-from bot.mypreferences.models import ImportStatus, parse_count, parse_import_status
+from bot.mypreferences.parsing import (
+    ExceptionsPage,
+    parse_exceptions_page,
+    parse_import_status,
+    parse_retry_after,
+)
+from bot.mypreferences.tokens import check_access_token
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-# Access tokens are integers on the API side (a 64-bit long at most); anything
-# larger cannot be one, and refusing it saves a request against the daily quota.
-MAX_ACCESS_TOKEN = 2**63 - 1
-# A Retry-After beyond a day is treated as a day, so later date arithmetic stays sane.
-MAX_RETRY_AFTER_SECONDS = 86400.0
 # httpcore's pool scans every connection it holds on each request and each response,
 # so its CPU cost per request grows with the pool: with 50 requests in flight, one
 # pool of 50 or 100 connections cost ~8 ms of CPU per request, pools of at most 10
@@ -73,73 +73,6 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 # For the watcher: it spaces its own retries across ticks, so one call is one request.
 NO_RETRY = RetryPolicy(attempts=1)
-
-
-@dataclass(frozen=True)
-class ExceptionsPage:
-    """One page of Retrieve exceptions. ``None`` means the field was missing or not sane."""
-
-    count: int | None
-    has_more: bool | None
-    limit: int | None
-    offset: int | None
-    total_results: int | None
-    # The API does not document the records' key or fields: shown generically.
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-
-def parse_exceptions_page(body: Mapping[str, Any]) -> ExceptionsPage:
-    """Build an ExceptionsPage from a decoded JSON object.
-
-    The records are the first list-valued field (its key is undocumented);
-    items that are not objects are dropped.
-    """
-    records = next((value for value in body.values() if isinstance(value, list)), [])
-    has_more = body.get("HasMore")
-    return ExceptionsPage(
-        count=parse_count(body.get("Count")),
-        has_more=has_more if isinstance(has_more, bool) else None,
-        limit=parse_count(body.get("Limit")),
-        offset=parse_count(body.get("Offset")),
-        total_results=parse_count(body.get("TotalResults")),
-        records=[record for record in records if isinstance(record, dict)],
-    )
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None.
-
-    ``now`` is the wall-clock time (epoch seconds) an HTTP-date is measured from.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    seconds: float
-    if text.replace(".", "", 1).isdigit() and text.isascii():
-        seconds = float(text)
-    else:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000" in an HTTP-date means UTC with unknown origin
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    if not math.isfinite(seconds):
-        return MAX_RETRY_AFTER_SECONDS
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
-def check_access_token(access_token: int) -> None:
-    """Raise ValueError unless ``access_token`` is a positive int (bool excluded)."""
-    if (
-        isinstance(access_token, bool)
-        or not isinstance(access_token, int)
-        or not 0 < access_token <= MAX_ACCESS_TOKEN
-    ):
-        raise ValueError("the access token must be a positive whole number")
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ One decision, one place: the wording for every error lives here.
 
 from __future__ import annotations
 
+from bot.exit_codes import ExitCode
+
 
 class ApiError(Exception):
     """Base class. ``user_message`` is safe to show in Slack or a terminal."""
 
     user_message = "The MyPreferences API request failed."
-    exit_code = 1
+    exit_code = ExitCode.UNAVAILABLE
     #: True when trying again later may succeed (the watcher backs off and retries).
     transient = False
 
@@ -25,7 +27,7 @@ class BadRequest(ApiError):
         "MyPreferences rejected the request as malformed (HTTP 400). "
         "This is likely a bug in the bot or a bad access token; please report it."
     )
-    exit_code = 3
+    exit_code = ExitCode.CONFIG
 
 
 class TokenRejected(ApiError):
@@ -33,7 +35,7 @@ class TokenRejected(ApiError):
         "MyPreferences does not recognise this access token, or it has expired (HTTP 401). "
         "Check the number; if it is right, the bot's API credentials may be wrong."
     )
-    exit_code = 2
+    exit_code = ExitCode.NOT_FOUND
 
 
 class PermissionDenied(ApiError):
@@ -41,7 +43,7 @@ class PermissionDenied(ApiError):
         "The bot's MyPreferences API user lacks permission to read import status (HTTP 403). "
         "Ask your MyPreferences administrator to grant it."
     )
-    exit_code = 3
+    exit_code = ExitCode.CONFIG
 
 
 class AccountNotFound(ApiError):
@@ -49,14 +51,14 @@ class AccountNotFound(ApiError):
         "MyPreferences does not know the configured account id (HTTP 404). "
         "Check MYPREFERENCES_CLIENT_ID in the bot's settings."
     )
-    exit_code = 3
+    exit_code = ExitCode.CONFIG
 
 
 class RateLimited(ApiError):
     user_message = (
         "MyPreferences is asking the bot to slow down (HTTP 429). Try again in a few minutes."
     )
-    exit_code = 4
+    exit_code = ExitCode.UNAVAILABLE
     transient = True
 
 
@@ -65,7 +67,7 @@ class Unavailable(ApiError):
         "MyPreferences is temporarily unavailable (server error). "
         "The bot retried; try again in a few minutes."
     )
-    exit_code = 4
+    exit_code = ExitCode.UNAVAILABLE
     transient = True
 
 
@@ -73,7 +75,7 @@ class Timeout(ApiError):
     user_message = (
         "MyPreferences did not answer in time. The bot retried; try again in a few minutes."
     )
-    exit_code = 4
+    exit_code = ExitCode.UNAVAILABLE
     transient = True
 
 
@@ -82,7 +84,7 @@ class MalformedResponse(ApiError):
         "MyPreferences sent an answer the bot could not read (not valid status JSON). "
         "Try again later; if it persists, please report it."
     )
-    exit_code = 4
+    exit_code = ExitCode.UNAVAILABLE
     transient = True
 
 
@@ -93,7 +95,7 @@ class AuthFailed(ApiError):
         "The bot could not sign in to MyPreferences (OAuth token request refused). "
         "Check the MYPREFERENCES_OAUTH_* settings."
     )
-    exit_code = 3
+    exit_code = ExitCode.CONFIG
 
 
 def error_for_status(code: int, retry_after: float | None = None) -> ApiError:

@@ -12,11 +12,11 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.service import ImportService
-from bot.slack.access import AccessControl
-from bot.slack.actions import ActionHandler
-from bot.slack.commands import CommandHandler
-from bot.slack.events import WorkspaceEvents
-from bot.store.repo import Store
+from bot.slack.listeners.access import AccessControl
+from bot.slack.listeners.actions import ActionHandler
+from bot.slack.listeners.commands import CommandHandler
+from bot.slack.listeners.lifecycle import WorkspaceEvents
+from bot.store.interface import SubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def build_app(
     signing_secret: str | None,
     service: ImportService,
     access: AccessControl,
-    store: Store,
+    subscriptions: SubscriptionStore,
 ) -> AsyncApp:
     """The Bolt AsyncApp with every listener registered.
 
@@ -49,7 +49,7 @@ def build_app(
     commands = CommandHandler(service, access)
     commands.register(app)
     ActionHandler(commands).register(app)
-    WorkspaceEvents(store).register(app)
+    WorkspaceEvents(subscriptions).register(app)
     app.error(_log_listener_error)
     return app
 

@@ -14,11 +14,20 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from bot.mypreferences.models import ImportStatus, Status
-from bot.watch.events import Event, EventKind
+from bot.domain.events import Event, EventKind
+from bot.domain.expiry import is_expired
+from bot.domain.format import (
+    as_utc,
+    floor_percent,
+    format_count,
+    format_duration,
+    progress_bar,
+    relative_time,
+)
+from bot.domain.status import STATUS_LOOKS, ImportStatus, Status
 
 # --- Slack's limits (Block Kit reference) ------------------------------------
 
@@ -41,15 +50,9 @@ ACTION_UNWATCH = "import_unwatch"
 
 USAGE_LINE = "Usage: /import-status [watch|unwatch] TOKEN | list | help"
 
-#: One place for how each status looks: emoji + label.
+#: How each status is shown in Slack: its emoji and its name (see STATUS_LOOKS).
 STATUS_MARKERS: dict[Status, str] = {
-    Status.INITIATED: ":white_circle: Initiated",
-    Status.STAGING: ":inbox_tray: Staging",
-    Status.QUEUED: ":hourglass_flowing_sand: Queued",
-    Status.PROCESSING: ":gear: Processing",
-    Status.COMPLETED: ":white_check_mark: Completed",
-    Status.FAILED: ":x: Failed",
-    Status.UNKNOWN: ":grey_question: Unknown",
+    status: f"{look.emoji} {status.value}" for status, look in STATUS_LOOKS.items()
 }
 
 UNNAMED_IMPORT = "Unnamed import"
@@ -175,76 +178,16 @@ def _mention(user_id: str) -> str:
 # --- Numbers and times --------------------------------------------------------
 
 
-def format_count(n: int | None) -> str:
-    """A record count with thousands separators; ``None`` is "unknown"."""
-    return "unknown" if n is None else f"{n:,}"
-
-
-def format_duration(seconds: float) -> str:
-    """A compact duration with at most two units: "45 s", "3 min", "3 h 10 min", "2 d 4 h".
-
-    Rounds down; negative values count as 0 and non-finite ones are "unknown".
-    """
-    if not math.isfinite(seconds):
-        return "unknown"
-    total = max(0, int(seconds))
-    if total < 60:
-        return f"{total} s"
-    minutes = total // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
-def _as_utc(when: datetime) -> datetime:
-    """An aware UTC datetime; a naive one is taken to be UTC already."""
-    if when.tzinfo is None:
-        return when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
-
-
-def relative_time(when: datetime, now: datetime) -> str:
-    """How far ``when`` is from ``now``: "in 3 h 10 min", "3 h 10 min ago" or "now"."""
-    delta = (_as_utc(when) - _as_utc(now)).total_seconds()
-    if abs(delta) < 1:
-        return "now"
-    if delta > 0:
-        return f"in {format_duration(delta)}"
-    return f"{format_duration(-delta)} ago"
-
-
 def slack_date(when: datetime, fallback: str | None = None) -> str:
     """Slack date formatting, shown in each reader's time zone.
 
     ``fallback`` (shown by clients that cannot format dates) defaults to
     "2026-11-27 14:05 UTC" style.
     """
-    utc = _as_utc(when)
+    utc = as_utc(when)
     label = fallback if fallback is not None else utc.strftime("%Y-%m-%d %H:%M UTC")
     epoch = math.floor(utc.timestamp())
     return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{escape_plain(label, limit=100)}>"
-
-
-def _floor_percent(fraction: float) -> int:
-    """Whole percent, rounded down; only a finished import (1.0) shows 100."""
-    if not math.isfinite(fraction) or fraction <= 0:
-        return 0
-    if fraction >= 1:
-        return 100
-    # The epsilon keeps 0.29 (28.999… in binary) at 29; the cap keeps 99.99…% at 99.
-    return min(99, math.floor(fraction * 100 + 1e-9))
-
-
-def progress_bar(fraction: float, width: int = 20) -> str:
-    """A text progress bar with a floored percentage: "▓▓▓▓▓▓░░░░░░░░░░░░░░ 30%"."""
-    percent = _floor_percent(fraction)
-    filled = width if percent == 100 else min(width - 1, math.floor(percent * width / 100))
-    filled = max(0, filled)
-    return "▓" * filled + "░" * (width - filled) + f" {percent}%"
 
 
 # --- Block Kit building blocks -----------------------------------------------
@@ -360,8 +303,7 @@ def _progress_lines(status: ImportStatus, eta_seconds: float | None) -> list[str
 def _expiry_line(status: ImportStatus, now: datetime, *, relative: bool) -> str:
     """When the access token expires; ``relative`` adds "in 3 h 10 min" / "5 min ago"."""
     if status.expires is not None:
-        expired = _as_utc(status.expires) <= _as_utc(now)
-        verb = "expired" if expired else "expires"
+        verb = "expired" if is_expired(as_utc(status.expires), as_utc(now)) else "expires"
         if relative:
             return (
                 f":hourglass: Token {verb} {relative_time(status.expires, now)} "
@@ -520,7 +462,7 @@ def event_message(
         percent = event.milestone
         if percent is None:
             progress = status.progress if status is not None else None
-            percent = _floor_percent(progress) if progress is not None else 0
+            percent = floor_percent(progress) if progress is not None else 0
         line = f"Progress: {percent}%"
         if status is not None and status.done is not None and status.validation_successful:
             line += (

@@ -1,0 +1,28 @@
+"""The database, behind a narrow interface (``interface.py``), one module per concern.
+
+``Store`` bundles the three parts over one engine: ``subscriptions`` (the
+commands), ``polls`` (the poller) and ``outbox`` (delivery).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from bot.store.outbox import Outbox
+from bot.store.polls import Polls
+from bot.store.subscriptions import Subscriptions
+
+
+class Store:
+    """Every part of the store, sharing one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.subscriptions = Subscriptions(engine)
+        self.polls = Polls(engine)
+        self.outbox = Outbox(engine)
+
+    def release_leases(self, owner: str) -> None:
+        """Give back every lease this replica holds (graceful shutdown)."""
+        self.polls.release_leases(owner)
+        self.outbox.release_leases(owner)

@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
-from bot.harness import SIGNING_SECRET, BotProcess, Harness
-from bot.slack.emulator import CommandResult, SlackUser, message_text, slash_command_body, wait_for
+from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
+from bot.sandbox.slack_emulator import (
+    CommandResult,
+    SlackUser,
+    message_text,
+    slash_command_body,
+    wait_for,
+)
 
 ALLOWED_CHANNELS = ["C0001", "C0002", "C0003", "C0004", "C0005", "C0006"]
 ALLOWED_USERS = ["U0001", "U0002", "U0003", "U0004", "U0005", "U0006", "U0007", "U0008"]

@@ -18,9 +18,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bot.harness import SIGNING_SECRET, BotProcess, Harness
-from bot.server import MAX_BODY_BYTES
-from bot.slack.emulator import (
+from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
+from bot.sandbox.slack_emulator import (
     SlackUser,
     event_body,
     message_text,
@@ -28,6 +27,7 @@ from bot.slack.emulator import (
     slash_command_body,
     wait_for,
 )
+from bot.server import MAX_BODY_BYTES
 from bot.slack.render import USAGE_LINE
 
 FORM = "application/x-www-form-urlencoded"

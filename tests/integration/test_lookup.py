@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from bot.harness import BotProcess, Harness
 from bot.mypreferences import errors
-from bot.mypreferences.simulator import Simulator, oauth_token_url
-from bot.slack.emulator import CommandResult, SlackUser, message_text
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.mypreferences_simulator import Simulator, oauth_token_url
+from bot.sandbox.slack_emulator import CommandResult, SlackUser, message_text
 from bot.slack.render import USAGE_LINE
 
 # Short limits keep the error paths quick: every attempt is cut after 1 s and a

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.harness import BotProcess, Harness
-from bot.slack.emulator import SlackUser, message_text, wait_for
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
 
 CHANNEL = "C0OPS"
 

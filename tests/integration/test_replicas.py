@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from bot.harness import BotProcess, Harness
-from bot.slack.emulator import message_text, wait_for
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.slack_emulator import message_text, wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
-from bot.harness import BotProcess, Harness
-from bot.slack.emulator import Message, message_text, wait_for
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.slack_emulator import Message, message_text, wait_for
 from bot.store.tables import NotificationRow, SubscriptionRow
 
 TOKEN = 4242

@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from bot.harness import SIGNING_SECRET, BotProcess, Harness
+from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
+from bot.sandbox.slack_emulator import SlackUser, sign_request, slash_command_body
 from bot.server import MAX_BODY_BYTES
-from bot.slack.emulator import SlackUser, sign_request, slash_command_body
 
 TOKEN = 4242
 FORM = "application/x-www-form-urlencoded"

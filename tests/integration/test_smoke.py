@@ -1,7 +1,7 @@
 """The shortest end-to-end path: a signed /import-status over real HTTP."""
 
-from bot.harness import Harness
-from bot.slack.emulator import SlackUser, message_text
+from bot.sandbox.harness import Harness
+from bot.sandbox.slack_emulator import SlackUser, message_text
 
 
 def test_lookup_over_real_http_shows_name_status_and_counts(

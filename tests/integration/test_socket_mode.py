@@ -7,8 +7,8 @@ retrying, and /healthz says the socket is disconnected.
 
 import httpx
 
-from bot.harness import Harness
-from bot.slack.emulator import wait_for
+from bot.sandbox.harness import Harness
+from bot.sandbox.slack_emulator import wait_for
 
 
 def test_socket_mode_serves_health_and_metrics_and_reports_a_disconnected_socket(

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
-from bot.harness import BotProcess, Harness
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.slack import render
-from bot.slack.emulator import Message, SlackUser, message_text, wait_for
 from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
 
 ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness

@@ -25,9 +25,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from bot.harness import BotProcess, Harness
-from bot.mypreferences.simulator import Call
-from bot.slack.emulator import Message, SlackUser, message_text, wait_for
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.mypreferences_simulator import Call
+from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.store.tables import SubscriptionRow
 
 ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness

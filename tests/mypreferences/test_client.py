@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from bot.config import ConfigError, OAuthSettings, Secret, Settings
+from bot.domain.status import Status
 from bot.mypreferences import errors
 from bot.mypreferences.auth import (
     OAuthClientCredentials,
@@ -35,7 +36,6 @@ from bot.mypreferences.client import (
     RetryPolicy,
     parse_retry_after,
 )
-from bot.mypreferences.models import Status
 
 API_URL = "https://mp.test/Profiles/"
 TOKEN_URL = "https://auth.test/oauth/token"

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.domain.events import Event, EventKind
+from bot.domain.status import ImportStatus, Status
 from bot.mypreferences.errors import TokenRejected, Unavailable
-from bot.mypreferences.models import ImportStatus, Status
 from bot.slack.render import (
     ACTION_REFRESH,
     ACTION_UNWATCH,
@@ -44,7 +45,6 @@ from bot.slack.render import (
     usage_message,
     watch_list_message,
 )
-from bot.watch.events import Event, EventKind
 
 NOW = datetime(2026, 11, 27, 11, 0, tzinfo=UTC)
 SUBSCRIBER = "U0123ABC"

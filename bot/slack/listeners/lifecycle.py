@@ -9,14 +9,14 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 
 from bot.clock import utcnow
-from bot.store.repo import Store
+from bot.store.interface import SubscriptionStore
 
 log = logging.getLogger(__name__)
 
 
 class WorkspaceEvents:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, subscriptions: SubscriptionStore) -> None:
+        self.subscriptions = subscriptions
 
     def register(self, app: AsyncApp) -> None:
         app.event("app_uninstalled")(self.uninstalled)
@@ -32,5 +32,5 @@ class WorkspaceEvents:
 
     async def _end(self, body: dict[str, Any], reason: str) -> None:
         team_id = str(body.get("team_id", ""))
-        ended = await asyncio.to_thread(self.store.end_team, team_id, reason, utcnow())
+        ended = await asyncio.to_thread(self.subscriptions.end_team, team_id, reason, utcnow())
         log.warning("%s: ended %d subscription(s)", reason, ended, extra={"team": team_id})

@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.devserver import ServerThread
-from bot.mypreferences.models import Status, parse_import_status
-from bot.mypreferences.simulator import (
+from bot.domain.status import Status
+from bot.mypreferences.parsing import parse_import_status
+from bot.sandbox.devserver import ServerThread
+from bot.sandbox.mypreferences_simulator import (
     DEFAULT_AUTHORIZATION,
     Simulator,
     Step,

@@ -19,14 +19,14 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from bot.clock import utcnow
 from bot.metrics import METRICS
 from bot.mypreferences.errors import ApiError
+from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
 from bot.service import ImportService, WatchResult
 from bot.slack import render
-from bot.slack.access import AccessControl
+from bot.slack.listeners.access import AccessControl
 
 log = logging.getLogger(__name__)
 
 COMMAND = "/import-status"
-MAX_TOKEN_DIGITS = 18  # fits a signed 64-bit integer with room to spare
 MAX_TEXT_LENGTH = 200
 # How long a command may wait for the API before acknowledging with "Looking up…".
 QUICK_ANSWER_SECONDS = 1.5
@@ -73,25 +73,10 @@ def parse_command(text: str | None) -> Command:
 
 
 def _with_token(verb: str, word: str) -> Command:
-    token = parse_access_token(word)
-    if isinstance(token, str):
-        return Command("invalid", problem=token)
-    return Command(verb, access_token=token)
-
-
-def parse_access_token(word: str) -> int | str:
-    """The access token as an int, or a sentence saying what is wrong with it."""
-    # isdecimal() accepts other scripts' digits (e.g. Arabic-Indic); tokens are ASCII.
-    if word.startswith("-") and word[1:].isascii() and word[1:].isdigit():
-        return "An access token is a positive number."
-    if not (word.isascii() and word.isdigit()):
-        return "An access token is a whole number, like `12345`."
-    if len(word.lstrip("0")) > MAX_TOKEN_DIGITS:
-        return "That access token is too long to be real."
-    token = int(word)
-    if token <= 0:
-        return "An access token is a positive number."
-    return token
+    try:
+        return Command(verb, access_token=parse_access_token(word))
+    except InvalidAccessToken as exc:
+        return Command("invalid", problem=str(exc))
 
 
 async def answer(

@@ -8,21 +8,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.mypreferences.errors import ApiError, RateLimited, TokenRejected, Unavailable
-from bot.mypreferences.models import ImportStatus, Status, parse_import_status
-from bot.watch.events import Event, EventKind
-from bot.watch.rules import (
+from bot.domain.eta import estimate_seconds_left
+from bot.domain.events import Event, EventKind
+from bot.domain.rules import (
     EXPIRED,
     Decision,
+    Failure,
     Memory,
     Outcome,
     Rules,
     decide,
-    estimate_seconds_left,
 )
+from bot.domain.status import ImportStatus, Status
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 WARNING = timedelta(minutes=30)
+# Poll failures as the poller hands them to the rules (in the API errors' words).
+UNAVAILABLE = Failure("MyPreferences is temporarily unavailable (server error).")
+SLOW_DOWN = Failure("MyPreferences is asking the bot to slow down (HTTP 429).")
+REJECTED = Failure("MyPreferences does not recognise this access token.", token_rejected=True)
+
 RULES = Rules(expiry_warning=WARNING, trouble_after=timedelta(minutes=5))
 TOTAL = 1000
 
@@ -323,9 +328,14 @@ def test_no_expiry_warning_when_expires_is_unknown() -> None:
 
 
 def test_no_expiry_warning_when_expires_is_unparseable() -> None:
-    body = {"Status": "Processing", "ValidationSuccessful": 1000, "Processed": 100}
-    current = parse_import_status({**body, "Expires": "next Tuesday"}, 42)
-    assert current.expires is None and current.expires_text == "next Tuesday"
+    # What the client makes of "Expires": "next Tuesday" (see tests/mypreferences/test_parsing.py).
+    current = ImportStatus(
+        42,
+        Status.PROCESSING,
+        validation_successful=1000,
+        processed=100,
+        expires_text="next Tuesday",
+    )
 
     decision = decide(Memory(current), current, NOW, RULES)
 
@@ -406,7 +416,7 @@ def test_completed_after_expires_is_completed_not_expired() -> None:
 def test_token_rejected_after_expires_means_expired() -> None:
     memory = Memory(status(Status.STAGING, expires=NOW - timedelta(minutes=1)))
 
-    decision = decide(memory, TokenRejected("HTTP 401"), NOW, RULES)
+    decision = decide(memory, REJECTED, NOW, RULES)
 
     assert kinds(decision) == [EventKind.EXPIRED]
     assert decision.finished is True
@@ -415,7 +425,7 @@ def test_token_rejected_after_expires_means_expired() -> None:
 def test_token_rejected_exactly_at_expires_means_expired() -> None:
     memory = Memory(status(Status.STAGING, expires=NOW))
 
-    decision = decide(memory, TokenRejected("HTTP 401"), NOW, RULES)
+    decision = decide(memory, REJECTED, NOW, RULES)
 
     assert kinds(decision) == [EventKind.EXPIRED]
 
@@ -424,7 +434,7 @@ def test_token_rejected_exactly_at_expires_means_expired() -> None:
 def test_token_rejected_before_expiry_is_api_trouble_not_expiry(expires: datetime | None) -> None:
     memory = Memory(status(Status.STAGING, expires=expires))
 
-    decision = decide(memory, TokenRejected("HTTP 401"), NOW, RULES)
+    decision = decide(memory, REJECTED, NOW, RULES)
 
     assert decision.events == []
     assert decision.finished is False
@@ -447,7 +457,7 @@ def run(memory: Memory, outcomes: list[tuple[int, Outcome]]) -> tuple[list[Decis
 
 def test_api_trouble_is_announced_once_after_trouble_after_then_recovery_once() -> None:
     current = status(Status.PROCESSING, 100)
-    outcomes: list[tuple[int, Outcome]] = [(m, Unavailable("HTTP 503")) for m in range(9)]
+    outcomes: list[tuple[int, Outcome]] = [(m, UNAVAILABLE) for m in range(9)]
     outcomes += [(9, current), (10, current)]
 
     decisions, memory = run(Memory(current), outcomes)
@@ -459,7 +469,7 @@ def test_api_trouble_is_announced_once_after_trouble_after_then_recovery_once() 
     ]
     trouble, recovered = announced[0][1], announced[1][1]
     assert trouble.key == f"trouble:{NOW.isoformat()}"
-    assert trouble.detail == Unavailable.user_message
+    assert trouble.detail == UNAVAILABLE.message
     assert trouble.broadcast is False
     assert recovered.key == f"recovered:{NOW.isoformat()}"
     assert memory.failures == 0
@@ -469,7 +479,7 @@ def test_api_trouble_is_announced_once_after_trouble_after_then_recovery_once() 
 
 def test_failures_count_up_and_never_edit_the_card() -> None:
     current = status(Status.PROCESSING, 100)
-    decisions, memory = run(Memory(current), [(0, Unavailable()), (1, RateLimited())])
+    decisions, memory = run(Memory(current), [(0, UNAVAILABLE), (1, SLOW_DOWN)])
 
     assert [d.memory.failures for d in decisions] == [1, 2]
     assert all(not d.changed and not d.finished for d in decisions)
@@ -479,7 +489,7 @@ def test_failures_count_up_and_never_edit_the_card() -> None:
 
 def test_short_trouble_is_neither_announced_nor_recovered() -> None:
     current = status(Status.PROCESSING, 100)
-    decisions, memory = run(Memory(current), [(0, Unavailable()), (4, Unavailable()), (5, current)])
+    decisions, memory = run(Memory(current), [(0, UNAVAILABLE), (4, UNAVAILABLE), (5, current)])
 
     assert [e for d in decisions for e in d.events] == []
     assert memory.failures == 0
@@ -487,7 +497,7 @@ def test_short_trouble_is_neither_announced_nor_recovered() -> None:
 
 def test_a_second_trouble_after_recovery_has_its_own_keys() -> None:
     current = status(Status.PROCESSING, 100)
-    error = Unavailable()
+    error = UNAVAILABLE
     outcomes: list[tuple[int, Outcome]] = [(0, error), (5, error), (6, current)]
     outcomes += [(20, error), (25, error), (26, current)]
 
@@ -603,21 +613,21 @@ def test_estimate_seconds_left_is_none_when_unknown(
 
 POLL = st.one_of(
     st.tuples(st.sampled_from(list(Status)), st.integers(0, 1200)),
-    st.sampled_from([Unavailable(), RateLimited(), TokenRejected()]),
+    st.sampled_from([UNAVAILABLE, SLOW_DOWN, REJECTED]),
 )
 
 
 @settings(max_examples=200, deadline=None)
 @given(first=st.sampled_from(list(Status)), polls=st.lists(POLL, max_size=40))
 def test_transition_keys_match_status_changes_and_are_unique(
-    first: Status, polls: list[tuple[Status, int] | ApiError]
+    first: Status, polls: list[tuple[Status, int] | Failure]
 ) -> None:
     memory = Memory(status(first, 0))
     previous = first
     changes = 0
     transition_keys: list[str] = []
     for minute, poll in enumerate(polls):
-        if isinstance(poll, ApiError):
+        if isinstance(poll, Failure):
             outcome: Outcome = poll
         else:
             value, done = poll

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from bot.devserver import ServerThread
-from bot.mypreferences.simulator import DEFAULT_AUTHORIZATION, Simulator, base_url
-from bot.slack.emulator import SlackEmulator, SlackUser
+from bot.sandbox.devserver import ServerThread
+from bot.sandbox.mypreferences_simulator import DEFAULT_AUTHORIZATION, Simulator, base_url
+from bot.sandbox.slack_emulator import SlackEmulator, SlackUser
 
 SIGNING_SECRET = "harness-signing-secret-8f2c1e"
 BOT_TOKEN = "xoxb-emulator-token"

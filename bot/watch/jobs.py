@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot.watch.engine import Watcher
+from bot.watch.poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ class _SkipOverlapNotice(logging.Filter):
         return "maximum number of running instances reached" not in record.getMessage()
 
 
-class WatcherScheduler:
-    def __init__(self, watcher: Watcher, tick_seconds: float) -> None:
-        self.watcher = watcher
+class PollerJobs:
+    def __init__(self, poller: Poller, tick_seconds: float) -> None:
+        self.poller = poller
         self.tick_seconds = tick_seconds
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: asyncio.Task[object] | None = None
@@ -52,7 +52,7 @@ class WatcherScheduler:
     async def _tick(self) -> None:
         self._running = asyncio.current_task()
         try:
-            await self.watcher.tick()
+            await self.poller.tick()
         finally:
             self._running = None
 
@@ -62,7 +62,7 @@ class WatcherScheduler:
         An abandoned tick leaves nothing half-done: its leases are released so
         another replica (or the next start) polls those imports again.
         """
-        self.watcher.stopping = True
+        self.poller.stopping = True
         if self._scheduler.running:
             self._scheduler.pause()  # no new ticks; shutdown() would cancel the running one
         deadline = time.monotonic() + timeout
@@ -74,7 +74,7 @@ class WatcherScheduler:
                 log.warning("the current tick did not finish in %.0f s; abandoning it", timeout)
                 task.cancel()
         # Polls still waiting on the API: finish and save them in the time left.
-        await self.watcher.drain(timeout=max(0.5, deadline - time.monotonic()))
+        await self.poller.drain(timeout=max(0.5, deadline - time.monotonic()))
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        await asyncio.to_thread(self.watcher.store.release_leases, self.watcher.owner)
+        await asyncio.to_thread(self.poller.polls.release_leases, self.poller.owner)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bot.mypreferences.models import Status
+from bot.domain.expiry import warning_at
+from bot.domain.status import Status
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,7 @@ def next_poll_at(
     when = now + timedelta(seconds=delay)
     if expires is not None:
         # Wake up in time for the expiry warning and for the expiry itself.
-        warn_at = expires - schedule.expiry_warning
-        for moment in (warn_at, expires):
+        for moment in (warning_at(expires, schedule.expiry_warning), expires):
             if now < moment < when:
                 when = moment
                 break

@@ -3,7 +3,8 @@
 It serves Retrieve status, Retrieve exceptions and an OAuth 2.0 client-credentials
 token endpoint, shaped as ``docs/mypreferences-api.md`` describes, plus ``/_sim/...``
 control endpoints so another process can drive it. Serve ``Simulator().app`` with
-``bot.devserver.ServerThread`` (tests) or uvicorn (``python -m bot.mypreferences.simulator``).
+``bot.sandbox.devserver.ServerThread`` (tests) or uvicorn
+(``python -m bot.sandbox.mypreferences_simulator``).
 
 Thread safety: tests mutate the simulator from their own thread while uvicorn serves
 from another, so all shared state sits behind one ``threading.Lock``. The lock is
@@ -35,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bot.mypreferences.models import parse_expires
+from bot.mypreferences.parsing import parse_expires
 
 DEFAULT_AUTHORIZATION = "PNAUTHINFO3-HMAC-SHA256 Credential=sim/2026-01-01T00:00:00Z Signature=c2lt"
 DEFAULT_TOKEN_LIFETIME_HOURS = 12  # the Expires attribute's documented default

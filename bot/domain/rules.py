@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from bot.mypreferences.errors import ApiError, TokenRejected
-from bot.mypreferences.models import ImportStatus, Status
-from bot.watch.events import Event, EventKind
+from bot.domain.eta import rate_base
+from bot.domain.events import Event, EventKind
+from bot.domain.expiry import in_warning_window, is_expired
+from bot.domain.status import ImportStatus
 
 MILESTONES = (25, 50, 75)  # 100 % is announced by Completed
 
@@ -41,7 +42,19 @@ class Expired:
 
 
 EXPIRED = Expired()
-Outcome = ImportStatus | ApiError | Expired
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A poll that got no status: the API refused, failed or could not be reached."""
+
+    #: What a person should read about it (the API error's user message).
+    message: str
+    #: The API said 401: the token is unknown or expired.
+    token_rejected: bool = False
+
+
+Outcome = ImportStatus | Failure | Expired
 
 
 @dataclass(frozen=True)
@@ -58,9 +71,9 @@ def decide(memory: Memory, outcome: Outcome, now: datetime, rules: Rules) -> Dec
     """The events one poll outcome produces, and the memory to keep."""
     if isinstance(outcome, Expired):
         return _expired(memory, now)
-    if isinstance(outcome, ApiError):
+    if isinstance(outcome, Failure):
         expires = memory.status.expires if memory.status else None
-        if isinstance(outcome, TokenRejected) and expires is not None and now >= expires:
+        if outcome.token_rejected and is_expired(expires, now):
             return _expired(memory, now)
         return _failure(memory, now, rules, outcome)
     return _success(memory, outcome, now, rules)
@@ -79,13 +92,13 @@ def _expired(memory: Memory, now: datetime) -> Decision:
     return Decision([event], memory, changed=True, finished=True)
 
 
-def _failure(memory: Memory, now: datetime, rules: Rules, error: ApiError) -> Decision:
+def _failure(memory: Memory, now: datetime, rules: Rules, failure: Failure) -> Decision:
     since = memory.trouble_since or now
     events: list[Event] = []
     notified = memory.trouble_notified
     if not notified and now - since >= rules.trouble_after:
         events.append(
-            Event(EventKind.API_TROUBLE, f"trouble:{since.isoformat()}", detail=error.user_message)
+            Event(EventKind.API_TROUBLE, f"trouble:{since.isoformat()}", detail=failure.message)
         )
         notified = True
     if memory.status is not None and _in_warning_window(memory.status, now, rules):
@@ -120,7 +133,7 @@ def _success(memory: Memory, new: ImportStatus, now: datetime, rules: Rules) -> 
         # State-based, not edge-based: a channel that starts watching inside the
         # window is warned too. The database's uniqueness rule keeps it to once.
         events.append(_expiry_warning(new))
-    rate_at, rate_done = _rate_base(memory, new, now)
+    rate_at, rate_done = rate_base(memory.rate_base_at, memory.rate_base_done, new, now)
     new_memory = Memory(
         status=new,
         transitions=transitions,
@@ -131,7 +144,7 @@ def _success(memory: Memory, new: ImportStatus, now: datetime, rules: Rules) -> 
         rate_base_done=rate_done,
     )
     finished = new.status.is_terminal
-    if not finished and new.expires is not None and now >= new.expires:
+    if not finished and is_expired(new.expires, now):
         # The API still answered, but the token is past its time: say so once and stop.
         expired = _expired(new_memory, now)
         return Decision(events + expired.events, new_memory, changed=True, finished=True)
@@ -162,32 +175,6 @@ def _expiry_warning(status: ImportStatus) -> Event:
 
 
 def _in_warning_window(status: ImportStatus, now: datetime, rules: Rules) -> bool:
-    if status.status.is_terminal or status.expires is None:
+    if status.status.is_terminal:
         return False
-    return status.expires - rules.expiry_warning <= now < status.expires
-
-
-def _rate_base(
-    memory: Memory, new: ImportStatus, now: datetime
-) -> tuple[datetime | None, int | None]:
-    """Keep the first Processing observation as the base for the processing rate."""
-    if new.status is not Status.PROCESSING or new.done is None:
-        return None, None
-    base_at, base_done = memory.rate_base_at, memory.rate_base_done
-    if base_at is not None and base_done is not None and new.done >= base_done:
-        return base_at, base_done
-    return now, new.done
-
-
-def estimate_seconds_left(
-    status: ImportStatus, base_at: datetime | None, base_done: int | None, now: datetime
-) -> float | None:
-    """Seconds until Processing finishes at the rate seen since ``base``; None if unknown."""
-    if status.status is not Status.PROCESSING or base_at is None or base_done is None:
-        return None
-    done, total = status.done, status.validation_successful
-    elapsed = (now - base_at).total_seconds()
-    if done is None or not total or elapsed <= 0 or done <= base_done:
-        return None
-    rate = (done - base_done) / elapsed
-    return max(0.0, (total - done) / rate)
+    return in_warning_window(status.expires, now, rules.expiry_warning)

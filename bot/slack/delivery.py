@@ -17,10 +17,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.clock import Clock, utcnow
+from bot.domain.eta import estimate_seconds_left
 from bot.metrics import METRICS
 from bot.slack import render
-from bot.store.repo import Delivery, PendingNotification, Store
-from bot.watch.rules import estimate_seconds_left
+from bot.store.interface import OutboxStore
+from bot.store.records import DeliveryState, PendingNotification
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,12 @@ class _Stop(Exception):
     """This subscription can do no more now (rescheduled, or ended)."""
 
 
-class Notifier:
+class Delivery:
+    """Brings channels up to date, one leased subscription at a time."""
+
     def __init__(
         self,
-        store: Store,
+        outbox: OutboxStore,
         slack: AsyncWebClient,
         owner: str,
         *,
@@ -57,7 +60,7 @@ class Notifier:
         clock: Clock = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
         self.slack = slack
         self.owner = owner
         self.lease_seconds = lease_seconds
@@ -72,12 +75,12 @@ class Notifier:
         batch = self._concurrency * 10
         while True:
             ids = await asyncio.to_thread(
-                self.store.claim_deliveries, self.owner, self.clock(), batch, self.lease_seconds
+                self.outbox.claim_deliveries, self.owner, self.clock(), batch, self.lease_seconds
             )
             fresh = [i for i in ids if i not in attempted]
             for stale in set(ids) - set(fresh):
                 # Tried once this tick already (e.g. a card edit Slack refused): next tick.
-                await asyncio.to_thread(self.store.release_subscription, stale, self.owner)
+                await asyncio.to_thread(self.outbox.release_subscription, stale, self.owner)
             await asyncio.gather(*(self._deliver_leased(i) for i in fresh))
             attempted.update(fresh)
             if len(ids) < batch or not fresh:
@@ -86,7 +89,7 @@ class Notifier:
     async def deliver_now(self, subscription_id: int) -> None:
         """Deliver one subscription right away (the watch command posts its card)."""
         leased = await asyncio.to_thread(
-            self.store.claim_subscription,
+            self.outbox.claim_subscription,
             subscription_id,
             self.owner,
             self.clock(),
@@ -98,7 +101,7 @@ class Notifier:
     async def _deliver_leased(self, subscription_id: int) -> None:
         async with self._limit:
             try:
-                delivery = await asyncio.to_thread(self.store.delivery, subscription_id)
+                delivery = await asyncio.to_thread(self.outbox.delivery, subscription_id)
                 if delivery is not None:
                     await self._deliver(delivery)
             except _Stop:
@@ -107,15 +110,17 @@ class Notifier:
                 log.exception("delivery failed", extra={"subscription": subscription_id})
             finally:
                 await asyncio.to_thread(
-                    self.store.release_subscription, subscription_id, self.owner
+                    self.outbox.release_subscription, subscription_id, self.owner
                 )
 
-    async def _deliver(self, d: Delivery) -> None:
+    async def _deliver(self, d: DeliveryState) -> None:
         now = self.clock()
         ts = d.tracking_ts
         if ts is None:
             if not d.active and not d.notifications:
-                await asyncio.to_thread(self.store.mark_card_done, d.subscription_id, d.card_wanted)
+                await asyncio.to_thread(
+                    self.outbox.mark_card_done, d.subscription_id, d.card_wanted
+                )
                 return
             ts = await self._post_card(d)
         elif d.card_done < d.card_wanted:
@@ -127,7 +132,9 @@ class Notifier:
             except _CardGone:
                 ts = await self._post_card(d)
             else:
-                await asyncio.to_thread(self.store.mark_card_done, d.subscription_id, d.card_wanted)
+                await asyncio.to_thread(
+                    self.outbox.mark_card_done, d.subscription_id, d.card_wanted
+                )
         for notification in d.notifications:
             if notification.next_attempt_at > now:
                 break  # keep the thread in order: nothing overtakes a message that must wait
@@ -144,7 +151,7 @@ class Notifier:
                 **message.as_kwargs(),
             )
             await asyncio.to_thread(
-                self.store.mark_sent, notification.id, response.get("ts"), self.clock()
+                self.outbox.mark_sent, notification.id, response.get("ts"), self.clock()
             )
             METRICS.notifications.labels(kind=notification.event.kind.value, outcome="sent").inc()
             lag = (self.clock() - notification.created_at).total_seconds()
@@ -159,7 +166,7 @@ class Notifier:
                 },
             )
 
-    def _card(self, d: Delivery) -> render.Message:
+    def _card(self, d: DeliveryState) -> render.Message:
         now = self.clock()
         eta = (
             estimate_seconds_left(d.status, d.rate_base_at, d.rate_base_done, now)
@@ -176,7 +183,7 @@ class Notifier:
             ended_reason=None if d.active else (d.ended_reason or "ended"),
         )
 
-    async def _post_card(self, d: Delivery) -> str:
+    async def _post_card(self, d: DeliveryState) -> str:
         card = self._card(d)
         response = await self._call(
             d, None, "chat_postMessage", channel=d.channel_id, **card.as_kwargs()
@@ -184,13 +191,13 @@ class Notifier:
         ts = str(response["ts"])
         # Stored before anything else is posted: the thread hangs off this ts.
         await asyncio.to_thread(
-            self.store.set_tracking_message, d.subscription_id, ts, d.card_wanted
+            self.outbox.set_tracking_message, d.subscription_id, ts, d.card_wanted
         )
         return ts
 
     async def _call(
         self,
-        d: Delivery,
+        d: DeliveryState,
         notification: PendingNotification | None,
         method: str,
         **kwargs: Any,
@@ -228,7 +235,7 @@ class Notifier:
                         extra={"channel": d.channel_id, "token": d.access_token},
                     )
                     await asyncio.to_thread(
-                        self.store.mark_card_done, d.subscription_id, d.card_wanted
+                        self.outbox.mark_card_done, d.subscription_id, d.card_wanted
                     )
                     raise _Stop() from exc
                 permanent = bool(error) and error not in TRANSIENT_ERRORS
@@ -257,7 +264,7 @@ class Notifier:
             METRICS.notifications.labels(
                 kind=notification.event.kind.value, outcome="dropped"
             ).inc()
-            await asyncio.to_thread(self.store.drop_notification, notification.id, error)
+            await asyncio.to_thread(self.outbox.drop_notification, notification.id, error)
             return
         delay = (
             wait
@@ -272,13 +279,13 @@ class Notifier:
             extra={"event": notification.event.key},
         )
         await asyncio.to_thread(
-            self.store.mark_attempt_failed,
+            self.outbox.mark_attempt_failed,
             notification.id,
             error,
             self.clock() + timedelta(seconds=delay),
         )
 
-    async def _end(self, d: Delivery, error: str) -> None:
+    async def _end(self, d: DeliveryState, error: str) -> None:
         log.warning(
             "ending subscription: Slack says %s",
             error,
@@ -286,7 +293,7 @@ class Notifier:
         )
         METRICS.notifications.labels(kind="subscription", outcome=error).inc()
         await asyncio.to_thread(
-            self.store.end_subscription, d.subscription_id, f"Slack: {error}", self.clock()
+            self.outbox.end_subscription, d.subscription_id, f"Slack: {error}", self.clock()
         )
 
 

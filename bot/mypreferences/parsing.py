@@ -1,52 +1,28 @@
-"""The ImportStatus model: one Retrieve-status answer, parsed defensively.
+"""Turning the API's JSON into the bot's types, defensively.
 
 Missing fields become ``None`` ("unknown"), extra fields are ignored, a status
-spelt ``Complete`` or in any case is accepted, and an unparseable ``Expires``
-is kept as text rather than raising.
+spelt ``Complete`` or in any case is accepted, an unparseable ``Expires`` is
+kept as text rather than raising, and a count that is not a sane number is
+unknown. Nothing here raises on odd values; only a body that is not a JSON
+object is refused.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from enum import StrEnum
+from email.utils import parsedate_to_datetime
 from typing import Any
+
+from bot.domain.status import ImportStatus, Status
 
 MAX_COUNT = 10**12  # far beyond the ~10 million records an import can hold
 MAX_NAME_LENGTH = 200
-
-
-class Status(StrEnum):
-    INITIATED = "Initiated"
-    STAGING = "Staging"
-    QUEUED = "Queued"
-    PROCESSING = "Processing"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    UNKNOWN = "Unknown"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-    @property
-    def is_active(self) -> bool:
-        """Records are moving: poll at the normal interval and show progress."""
-        return self in ACTIVE_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED})
-ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.PROCESSING})
-# Order of the normal life of an import, used to describe odd histories.
-STATUS_ORDER = (
-    Status.INITIATED,
-    Status.STAGING,
-    Status.QUEUED,
-    Status.PROCESSING,
-    Status.COMPLETED,
-    Status.FAILED,
-)
+# A Retry-After beyond a day is treated as a day, so later date arithmetic stays sane.
+MAX_RETRY_AFTER_SECONDS = 86400.0
 
 _STATUS_ALIASES = {s.value.lower(): s for s in Status if s is not Status.UNKNOWN}
 _STATUS_ALIASES["complete"] = Status.COMPLETED
@@ -123,58 +99,6 @@ def parse_count(value: object) -> int | None:
     return number if 0 <= number <= MAX_COUNT else None
 
 
-@dataclass(frozen=True)
-class ImportStatus:
-    """What the API said about one import at one moment. ``None`` means unknown."""
-
-    access_token: int
-    status: Status
-    status_text: str | None = None
-    name: str | None = None
-    total_records_received: int | None = None
-    validation_successful: int | None = None
-    validation_failed: int | None = None
-    processed: int | None = None
-    pending: int | None = None
-    exceptions: int | None = None
-    not_honored: int | None = None
-    expires: datetime | None = None
-    expires_text: str | None = None
-    import_action: str | None = None
-
-    @property
-    def done(self) -> int | None:
-        """Records finished one way or another: processed + exceptions + not honoured."""
-        parts = (self.processed, self.exceptions, self.not_honored)
-        if all(p is None for p in parts):
-            return None
-        return sum(p or 0 for p in parts)
-
-    @property
-    def progress(self) -> float | None:
-        """Fraction 0..1 of validated records finished, or None when not computable."""
-        done, total = self.done, self.validation_successful
-        if done is None or not total:
-            return None
-        return min(1.0, done / total)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict for storage (no secrets are ever part of a status)."""
-        data = asdict(self)
-        data["status"] = self.status.value
-        data["expires"] = self.expires.isoformat() if self.expires else None
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ImportStatus:
-        values = dict(data)
-        values["status"] = Status(values.get("status", Status.UNKNOWN.value))
-        expires = values.get("expires")
-        values["expires"] = datetime.fromisoformat(expires) if expires else None
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
 def parse_import_status(body: object, access_token: int, default_tz: tzinfo = UTC) -> ImportStatus:
     """Build an ImportStatus from a decoded JSON body. Raises ValueError if not an object."""
     if not isinstance(body, dict):
@@ -201,3 +125,60 @@ def parse_import_status(body: object, access_token: int, default_tz: tzinfo = UT
         expires_text=expires_text,
         import_action=action[:20] if isinstance(action, str) else None,
     )
+
+
+@dataclass(frozen=True)
+class ExceptionsPage:
+    """One page of Retrieve exceptions. ``None`` means the field was missing or not sane."""
+
+    count: int | None
+    has_more: bool | None
+    limit: int | None
+    offset: int | None
+    total_results: int | None
+    # The API does not document the records' key or fields: shown generically.
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_exceptions_page(body: Mapping[str, Any]) -> ExceptionsPage:
+    """Build an ExceptionsPage from a decoded JSON object.
+
+    The records are the first list-valued field (its key is undocumented);
+    items that are not objects are dropped.
+    """
+    records = next((value for value in body.values() if isinstance(value, list)), [])
+    has_more = body.get("HasMore")
+    return ExceptionsPage(
+        count=parse_count(body.get("Count")),
+        has_more=has_more if isinstance(has_more, bool) else None,
+        limit=parse_count(body.get("Limit")),
+        offset=parse_count(body.get("Offset")),
+        total_results=parse_count(body.get("TotalResults")),
+        records=[record for record in records if isinstance(record, dict)],
+    )
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None.
+
+    ``now`` is the wall-clock time (epoch seconds) an HTTP-date is measured from.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float
+    if text.replace(".", "", 1).isdigit() and text.isascii():
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" in an HTTP-date means UTC with unknown origin
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER_SECONDS
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)

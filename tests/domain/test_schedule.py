@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.mypreferences.models import Status
-from bot.watch.schedule import Schedule, next_poll_at
+from bot.domain.schedule import Schedule, next_poll_at
+from bot.domain.status import Status
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 SCHEDULE = Schedule(

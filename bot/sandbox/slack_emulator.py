@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot.devserver import ServerThread
+from bot.sandbox.devserver import ServerThread
 
 JSON = dict[str, Any]
 T = TypeVar("T")

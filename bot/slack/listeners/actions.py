@@ -8,9 +8,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.clock import utcnow
-from bot.mypreferences.models import ImportStatus
+from bot.domain.status import ImportStatus
+from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
 from bot.slack import render
-from bot.slack.commands import CommandHandler, guarded, parse_access_token
+from bot.slack.listeners.commands import CommandHandler, guarded
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,14 @@ class _Click:
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> _Click:
         actions = body.get("actions") or [{}]
-        value = str(actions[0].get("value", ""))
-        token = parse_access_token(value)
+        try:
+            token: int | None = parse_access_token(str(actions[0].get("value", "")))
+        except InvalidAccessToken:
+            token = None
         return cls(
             team=str((body.get("team") or {}).get("id", "")),
             channel=str((body.get("channel") or {}).get("id", "")),
             user=str((body.get("user") or {}).get("id", "")),
-            token=token if isinstance(token, int) else None,
+            token=token,
             ephemeral=bool((body.get("container") or {}).get("is_ephemeral")),
         )

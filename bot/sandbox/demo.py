@@ -30,14 +30,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from bot.harness import Harness
-from bot.mypreferences.models import Status
-from bot.slack.emulator import CommandResult, Message, SlackUser
+from bot.domain.status import STATUS_LOOKS, Status
+from bot.exit_codes import ExitCode
+from bot.sandbox.harness import Harness
+from bot.sandbox.slack_emulator import CommandResult, Message, SlackUser
 from bot.slack.render import STATUS_MARKERS
-
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1
-EXIT_INTERRUPTED = 130
 
 CHANNEL_ID = "C0001"
 CHANNEL_NAME = "general"
@@ -135,15 +132,8 @@ class Style:
 
 _ZWJ = "\u200d"
 #: Slack emoji codes the bot uses, as terminal symbols; unknown codes become words.
-EMOJI = {
-    "white_circle": "○",
-    "inbox_tray": "↓",
-    "hourglass_flowing_sand": "⧗",
+EMOJI = {look.emoji.strip(":"): look.symbol for look in STATUS_LOOKS.values()} | {
     "hourglass": "⌛",
-    "gear": "⚙",
-    "white_check_mark": "✔",
-    "x": "✘",
-    "grey_question": "?",
     "warning": "⚠",
     "no_bell": "✖",
     "large_green_circle": "●",
@@ -686,10 +676,10 @@ def _tell(screen: Screen, harness: Harness, user: SlackUser, pace: Pace, deadlin
             screen.line("Missing:")
         for problem in problems:
             screen.line(f"  - {problem}")
-        return EXIT_INCOMPLETE
+        return ExitCode.INCOMPLETE
     screen.line()
     screen.line(screen.style.green(f"The story is complete ({elapsed:.1f} s)."))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def run_demo(fast: bool = False, out: TextIO | None = None) -> int:
@@ -707,7 +697,7 @@ def run_demo(fast: bool = False, out: TextIO | None = None) -> int:
         "machine.\nWhat you see below is what the person and the channel see in Slack."
     )
     harness: Harness | None = None
-    code = EXIT_INCOMPLETE
+    code: int = ExitCode.INCOMPLETE
     with (
         _sigterm_as_interrupt(),
         tempfile.TemporaryDirectory(
@@ -734,14 +724,14 @@ def run_demo(fast: bool = False, out: TextIO | None = None) -> int:
         except KeyboardInterrupt:
             screen.line()
             screen.line("Interrupted: stopping the bot and cleaning up.")
-            code = EXIT_INTERRUPTED
+            code = ExitCode.INTERRUPTED
         except Exception as exc:
             screen.line()
             screen.line(screen.style.red(f"The demo failed: {type(exc).__name__}: {exc}"))
             traceback.print_exc(file=sys.stderr)
-            code = EXIT_INCOMPLETE
+            code = ExitCode.INCOMPLETE
         finally:
-            if code == EXIT_INCOMPLETE:
+            if code == ExitCode.INCOMPLETE:
                 tail = _log_tail(harness)
                 if tail:
                     screen.line(f"The bot's log (last {LOG_TAIL_LINES} lines):")

@@ -15,35 +15,34 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Protocol
 
 from bot.clock import Clock, utcnow
 from bot.config import Settings
+from bot.domain.expiry import is_expired
+from bot.domain.rules import EXPIRED, Expired, Failure, Outcome, decide
+from bot.domain.schedule import next_poll_at
+from bot.domain.status import ImportStatus
 from bot.metrics import METRICS
-from bot.mypreferences.client import NO_RETRY, MyPreferencesClient
-from bot.mypreferences.errors import ApiError, Unavailable
-from bot.store.repo import DueImport, PollResult, Store
-from bot.watch.notifier import Notifier
-from bot.watch.rules import EXPIRED, Outcome, Rules, decide
-from bot.watch.schedule import Schedule, next_poll_at
+from bot.mypreferences.client import NO_RETRY, RetryPolicy
+from bot.mypreferences.errors import ApiError, TokenRejected, Unavailable
+from bot.store.interface import PollStore
+from bot.store.records import DueImport, PollResult
 
 log = logging.getLogger(__name__)
 
 
-def rules_from(settings: Settings) -> Rules:
-    return Rules(
-        expiry_warning=timedelta(minutes=settings.expiry_warning_minutes),
-        trouble_after=timedelta(minutes=settings.api_trouble_minutes),
-    )
+class StatusSource(Protocol):
+    """Where statuses come from: the MyPreferences client, or a fake in tests."""
+
+    async def get_status(self, access_token: int, *, retry: RetryPolicy = ...) -> ImportStatus: ...
 
 
-def schedule_from(settings: Settings) -> Schedule:
-    return Schedule(
-        active_interval=settings.poll_interval_seconds,
-        idle_interval=settings.idle_poll_interval_seconds,
-        max_backoff=settings.max_backoff_seconds,
-        expiry_warning=timedelta(minutes=settings.expiry_warning_minutes),
-    )
+class Deliverer(Protocol):
+    """What the poller asks of delivery: bring every channel that is due up to date."""
+
+    async def deliver_due(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -60,26 +59,28 @@ FLUSH_SECONDS = 0.1
 STRAGGLER_GRACE_SECONDS = 0.5
 
 
-class Watcher:
+class Poller:
+    """Polls due imports, saves what each poll decided, and has the channels told."""
+
     def __init__(
         self,
         settings: Settings,
-        store: Store,
-        api: MyPreferencesClient,
-        notifier: Notifier,
+        polls: PollStore,
+        api: StatusSource,
+        delivery: Deliverer,
         owner: str,
         *,
         clock: Clock = utcnow,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.store = store
+        self.polls = polls
         self.api = api
-        self.notifier = notifier
+        self.delivery = delivery
         self.owner = owner
         self.clock = clock
         self.jitter = jitter
-        self.rules = rules_from(settings)
-        self.schedule = schedule_from(settings)
+        self.rules = settings.rules()
+        self.schedule = settings.schedule()
         self.lease_seconds = settings.lease_seconds
         self.concurrency = settings.poll_concurrency
         # Leased imports in flight at once: enough to keep ``concurrency`` requests
@@ -106,14 +107,14 @@ class Watcher:
         polled = created = delivered = 0
         nothing_due_since: float | None = None
         try:
-            delivered += await self.notifier.deliver_due()
+            delivered += await self.delivery.deliver_due()
             while not self.stopping:
                 claimed = await self._refill()
                 saved, new_events = await self._flush()
                 polled += saved
                 created += new_events
                 if new_events:
-                    delivered += await self.notifier.deliver_due()
+                    delivered += await self.delivery.deliver_due()
                 self.last_tick_at = self.clock()
                 if not claimed and not self._in_flight:
                     break
@@ -137,7 +138,7 @@ class Watcher:
         if free <= 0:
             return 0
         batch = await asyncio.to_thread(
-            self.store.claim_due_imports,
+            self.polls.claim_due_imports,
             self.owner,
             self.clock(),
             free,
@@ -161,7 +162,7 @@ class Watcher:
         for task in finished:
             if not task.cancelled() and task.exception() is not None:
                 log.error("a poll failed unexpectedly", exc_info=task.exception())
-        created = await asyncio.to_thread(self.store.save_poll_results, self.owner, results)
+        created = await asyncio.to_thread(self.polls.save_poll_results, self.owner, results)
         return len(results), created
 
     async def drain(self, timeout: float) -> None:
@@ -178,16 +179,16 @@ class Watcher:
         if self._in_flight:
             await asyncio.wait(self._in_flight)
         await self._flush()
-        await asyncio.to_thread(self.store.abandon_polls, self.owner, abandoned, self.clock())
+        await asyncio.to_thread(self.polls.abandon_polls, self.owner, abandoned, self.clock())
 
     async def _poll(self, item: DueImport) -> PollResult:
         async with self._limit:
             outcome = await self._fetch(item)
         now = self.clock()
-        decision = decide(item.memory, outcome, now, self.rules)
+        error = outcome if isinstance(outcome, ApiError) else None
+        decision = decide(item.memory, _as_outcome(outcome), now, self.rules)
         memory = decision.memory
         status = memory.status
-        error = outcome if isinstance(outcome, ApiError) else None
         next_at = next_poll_at(
             now,
             status.status if status else None,
@@ -224,13 +225,12 @@ class Watcher:
             expected_next_poll_at=item.expected_next_poll_at,
         )
 
-    async def _fetch(self, item: DueImport) -> Outcome:
+    async def _fetch(self, item: DueImport) -> ImportStatus | ApiError | Expired:
         status = item.memory.status
         if (
             status is not None
-            and status.expires is not None
             and not status.status.is_terminal
-            and self.clock() >= status.expires
+            and is_expired(status.expires, self.clock())
         ):
             return EXPIRED  # an expired token answers 401 forever: do not ask
         started = time.perf_counter()
@@ -243,3 +243,10 @@ class Watcher:
             return Unavailable(type(exc).__name__)
         finally:
             METRICS.api_latency.observe(time.perf_counter() - started)
+
+
+def _as_outcome(fetched: ImportStatus | ApiError | Expired) -> Outcome:
+    """What the rules are told: an API error becomes a Failure in the user's words."""
+    if isinstance(fetched, ApiError):
+        return Failure(fetched.user_message, token_rejected=isinstance(fetched, TokenRejected))
+    return fetched

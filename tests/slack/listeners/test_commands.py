@@ -9,26 +9,21 @@ from typing import Any
 import pytest
 
 from bot.config import Settings
+from bot.domain.status import ImportStatus, Status
 from bot.mypreferences import errors
-from bot.mypreferences.models import ImportStatus, Status
-from bot.slack import commands
-from bot.slack.access import AccessControl
-from bot.slack.commands import (
+from bot.mypreferences.tokens import POSITIVE, TOO_LONG, WHOLE_NUMBER
+from bot.sandbox.slack_emulator import message_text
+from bot.slack.listeners import commands
+from bot.slack.listeners.access import AccessControl
+from bot.slack.listeners.commands import (
     MAX_TEXT_LENGTH,
     Command,
     CommandHandler,
     answer,
     guarded,
-    parse_access_token,
     parse_command,
 )
-from bot.slack.emulator import message_text
 from bot.slack.render import USAGE_LINE, Message, notice
-
-WHOLE_NUMBER = "An access token is a whole number, like `12345`."
-POSITIVE = "An access token is a positive number."
-TOO_LONG = "That access token is too long to be real."
-
 
 # --------------------------------------------------------------------------- grammar
 
@@ -88,38 +83,6 @@ def test_text_at_the_length_limit_is_still_read() -> None:
     assert len(text) == MAX_TEXT_LENGTH
 
     assert parse_command(text) == Command("watch", access_token=42)
-
-
-@pytest.mark.parametrize(
-    ("word", "expected"),
-    [
-        ("1", 1),
-        ("12345", 12345),
-        ("0042", 42),  # leading zeros are harmless
-        ("0" * 40 + "7", 7),  # even many of them: only significant digits count
-        ("9" * 18, 10**18 - 1),  # the longest accepted
-        ("0", POSITIVE),
-        ("000", POSITIVE),
-        ("-5", "An access token is a positive number."),
-        ("+5", WHOLE_NUMBER),
-        ("12.5", WHOLE_NUMBER),
-        ("1e3", WHOLE_NUMBER),
-        ("1_000", WHOLE_NUMBER),
-        ("1,000", WHOLE_NUMBER),
-        ("0x1F", WHOLE_NUMBER),
-        ("٤٢", WHOLE_NUMBER),  # Arabic-Indic digits
-        ("४२", WHOLE_NUMBER),  # Devanagari digits
-        ("１２", WHOLE_NUMBER),  # full-width digits
-        ("²", WHOLE_NUMBER),  # a superscript is a digit to str.isdigit
-        ("12\u200b", WHOLE_NUMBER),  # zero-width space
-        ("", WHOLE_NUMBER),
-        ("1" * 19, TOO_LONG),
-        ("1" * 30, TOO_LONG),
-        ("9" * 5000, TOO_LONG),  # never reaches int(), which refuses > 4300 digits
-    ],
-)
-def test_access_token_parsing(word: str, expected: int | str) -> None:
-    assert parse_access_token(word) == expected
 
 
 @pytest.mark.parametrize("text", ["٤٢", "watch ٤٢", "१२३", "unsubscribe １２"])

@@ -11,19 +11,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from bot.mypreferences.errors import Unavailable
-from bot.mypreferences.models import ImportStatus, Status
+from bot.domain.events import EventKind
+from bot.domain.rules import EXPIRED, Decision, Failure, Memory, Outcome, Rules, decide
+from bot.domain.status import ImportStatus, Status
+from bot.store import Store
 from bot.store.engine import make_engine, migrate
-from bot.store.repo import DueImport, PollResult, Store
+from bot.store.records import DueImport, PollResult
 from bot.store.tables import Base, ImportRow, NotificationRow, SubscriptionRow
-from bot.watch.events import EventKind
-from bot.watch.rules import EXPIRED, Decision, Memory, Outcome, Rules, decide
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 60.0
 RULES = Rules(expiry_warning=timedelta(minutes=30), trouble_after=timedelta(minutes=5))
 CLIENT = "client-1"
 LATER = timedelta(hours=1)  # not due during a test
+UNAVAILABLE = Failure("MyPreferences is temporarily unavailable.")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -66,7 +67,7 @@ def watch(
     now: datetime = NOW,
 ) -> int:
     """Subscribe a channel; returns the subscription id."""
-    return store.subscribe(
+    return store.subscriptions.subscribe(
         team_id=team,
         channel_id=channel,
         client_id=CLIENT,
@@ -78,7 +79,7 @@ def watch(
 
 
 def claim_one(store: Store, owner: str = "A", now: datetime = NOW) -> DueImport:
-    claimed = store.claim_due_imports(owner, now, limit=10, lease_seconds=LEASE)
+    claimed = store.polls.claim_due_imports(owner, now, limit=10, lease_seconds=LEASE)
     assert len(claimed) == 1
     return claimed[0]
 
@@ -112,7 +113,7 @@ def transition_to_completed(store: Store, owner: str = "A") -> Decision:
     """Claim the one watched import and save a Processing -> Completed poll."""
     item = claim_one(store, owner)
     result = poll(item, status(Status.COMPLETED, 1000))
-    store.save_poll_results(owner, [result])
+    store.polls.save_poll_results(owner, [result])
     return result.decision
 
 
@@ -122,7 +123,7 @@ def transition_to_completed(store: Store, owner: str = "A") -> Decision:
 def test_subscribe_creates_the_import_and_an_active_subscription(
     store: Store, engine: Engine
 ) -> None:
-    subscribed = store.subscribe(
+    subscribed = store.subscriptions.subscribe(
         team_id="T1",
         channel_id="C1",
         client_id=CLIENT,
@@ -151,7 +152,7 @@ def test_subscribe_creates_the_import_and_an_active_subscription(
 def test_subscribing_twice_in_a_channel_returns_the_existing_watch(
     store: Store, engine: Engine
 ) -> None:
-    first = store.subscribe(
+    first = store.subscriptions.subscribe(
         team_id="T1",
         channel_id="C1",
         client_id=CLIENT,
@@ -160,7 +161,7 @@ def test_subscribing_twice_in_a_channel_returns_the_existing_watch(
         now=NOW,
         next_poll_at=NOW,
     )
-    second = store.subscribe(
+    second = store.subscriptions.subscribe(
         team_id="T1",
         channel_id="C1",
         client_id=CLIENT,
@@ -189,7 +190,7 @@ def test_a_second_channel_gets_its_own_subscription_for_the_same_import(
 
 def test_watching_again_after_unwatching_creates_a_new_subscription(store: Store) -> None:
     first = watch(store)
-    store.unsubscribe(
+    store.subscriptions.unsubscribe(
         team_id="T1",
         channel_id="C1",
         client_id=CLIENT,
@@ -198,7 +199,7 @@ def test_watching_again_after_unwatching_creates_a_new_subscription(store: Store
         now=NOW,
     )
 
-    again = store.subscribe(
+    again = store.subscriptions.subscribe(
         team_id="T1",
         channel_id="C1",
         client_id=CLIENT,
@@ -219,11 +220,11 @@ def test_claim_leases_only_due_watched_unleased_imports(store: Store, engine: En
     watch(store, status(token=1), next_poll=NOW - timedelta(seconds=1))
     watch(store, status(token=2), next_poll=NOW + timedelta(seconds=10))  # not due
     watch(store, status(token=3), next_poll=NOW - timedelta(seconds=5))
-    store.unsubscribe(  # due, but nobody watches it any more
+    store.subscriptions.unsubscribe(  # due, but nobody watches it any more
         team_id="T1", channel_id="C1", client_id=CLIENT, access_token=3, reason="x", now=NOW
     )
 
-    claimed = store.claim_due_imports("A", NOW, limit=10, lease_seconds=LEASE)
+    claimed = store.polls.claim_due_imports("A", NOW, limit=10, lease_seconds=LEASE)
 
     assert [c.access_token for c in claimed] == [1]
     assert claimed[0].client_id == CLIENT
@@ -239,7 +240,7 @@ def test_claim_takes_the_most_overdue_first_and_respects_the_limit(store: Store)
     for token, minutes in ((1, 1), (2, 3), (3, 2)):
         watch(store, status(token=token), next_poll=NOW - timedelta(minutes=minutes))
 
-    claimed = store.claim_due_imports("A", NOW, limit=2, lease_seconds=LEASE)
+    claimed = store.polls.claim_due_imports("A", NOW, limit=2, lease_seconds=LEASE)
 
     assert [c.access_token for c in claimed] == [2, 3]
 
@@ -248,7 +249,7 @@ def test_an_import_watched_by_two_channels_is_claimed_once(store: Store) -> None
     watch(store, channel="C1")
     watch(store, channel="C2")
 
-    claimed = store.claim_due_imports("A", NOW, limit=10, lease_seconds=LEASE)
+    claimed = store.polls.claim_due_imports("A", NOW, limit=10, lease_seconds=LEASE)
 
     assert len(claimed) == 1
 
@@ -259,8 +260,8 @@ def test_a_leased_import_is_not_claimed_by_another_owner_until_the_lease_expires
     watch(store)
     claim_one(store, "A")
 
-    during = store.claim_due_imports("B", NOW + timedelta(seconds=LEASE - 1), 10, LEASE)
-    after = store.claim_due_imports("B", NOW + timedelta(seconds=LEASE + 1), 10, LEASE)
+    during = store.polls.claim_due_imports("B", NOW + timedelta(seconds=LEASE - 1), 10, LEASE)
+    after = store.polls.claim_due_imports("B", NOW + timedelta(seconds=LEASE + 1), 10, LEASE)
 
     assert during == []
     assert [c.access_token for c in after] == [1001]
@@ -270,7 +271,7 @@ def test_a_leased_import_is_not_claimed_by_another_owner_until_the_lease_expires
 def test_claim_returns_the_memory_the_last_poll_saved(store: Store) -> None:
     watch(store, status(Status.QUEUED, 0))
     item = claim_one(store)
-    store.save_poll_results("A", [poll(item, status(Status.PROCESSING, 100))])
+    store.polls.save_poll_results("A", [poll(item, status(Status.PROCESSING, 100))])
     later = NOW + timedelta(seconds=30)
 
     again = claim_one(store, now=later)
@@ -292,7 +293,7 @@ def test_unchanged_poll_touches_only_the_import_row(store: Store, engine: Engine
     import_before = rows(engine, ImportRow)[0]
     later = NOW + timedelta(seconds=5)
 
-    created = store.save_poll_results("A", [poll(item, status(), now=later)])
+    created = store.polls.save_poll_results("A", [poll(item, status(), now=later)])
 
     assert created == 0
     assert notification_count(engine) == 0
@@ -310,10 +311,10 @@ def test_failed_poll_records_the_error_and_failures_without_notifying(
 ) -> None:
     watch(store)
     item = claim_one(store)
-    decision = decide(item.memory, Unavailable("HTTP 503"), NOW, RULES)
+    decision = decide(item.memory, UNAVAILABLE, NOW, RULES)
     result = PollResult(item.id, decision, NOW, NOW + timedelta(seconds=15), error="Unavailable")
 
-    created = store.save_poll_results("A", [result])
+    created = store.polls.save_poll_results("A", [result])
 
     assert created == 0
     imported = rows(engine, ImportRow)[0]
@@ -329,10 +330,10 @@ def test_changed_poll_inserts_one_notification_per_active_subscription(
     first = watch(store, channel="C1")
     second = watch(store, channel="C2")
     ended = watch(store, channel="C3")
-    store.end_subscription(ended, "channel_not_found", NOW)
+    store.outbox.end_subscription(ended, "channel_not_found", NOW)
     item = claim_one(store)
 
-    created = store.save_poll_results("A", [poll(item, status(Status.QUEUED, 100))])
+    created = store.polls.save_poll_results("A", [poll(item, status(Status.QUEUED, 100))])
 
     assert created == 2
     notifications = rows(engine, NotificationRow)
@@ -356,7 +357,7 @@ def test_counts_only_change_edits_cards_without_notifications(store: Store, engi
     subscription = watch(store)
     item = claim_one(store)
 
-    created = store.save_poll_results("A", [poll(item, status(done=120))])
+    created = store.polls.save_poll_results("A", [poll(item, status(done=120))])
 
     assert created == 0
     assert notification_count(engine) == 0
@@ -368,11 +369,11 @@ def test_resaving_the_same_events_inserts_nothing(store: Store, engine: Engine) 
     watch(store, channel="C2")
     item = claim_one(store)
     result = poll(item, status(Status.QUEUED, 100))
-    store.save_poll_results("A", [result])
+    store.polls.save_poll_results("A", [result])
     again = claim_one(store, now=NOW + timedelta(seconds=30))
 
     # A replica that crashed after saving polls again and reaches the same decision.
-    created = store.save_poll_results("A", [PollResult(again.id, result.decision, NOW, NOW)])
+    created = store.polls.save_poll_results("A", [PollResult(again.id, result.decision, NOW, NOW)])
 
     assert created == 0
     assert notification_count(engine) == 2
@@ -384,7 +385,7 @@ def test_a_repeated_milestone_key_is_not_announced_twice(store: Store, engine: E
     total = 0
     for moment, done in zip(moments, (600, 300, 600), strict=True):
         item = claim_one(store, now=moment)
-        total += store.save_poll_results("A", [poll(item, status(done=done), now=moment)])
+        total += store.polls.save_poll_results("A", [poll(item, status(done=done), now=moment)])
 
     assert total == 1
     assert [n["event_key"] for n in rows(engine, NotificationRow)] == ["milestone:50"]
@@ -395,13 +396,13 @@ def test_a_result_saved_after_losing_the_lease_is_ignored(store: Store, engine: 
     stale = claim_one(store, "A")
     taken = claim_one(store, "B", now=NOW + timedelta(seconds=LEASE + 1))
 
-    created = store.save_poll_results(
+    created = store.polls.save_poll_results(
         "A",
         [
             poll(stale, status(Status.COMPLETED, 1000)),
         ],
     )
-    quiet = store.save_poll_results("A", [poll(stale, status())])
+    quiet = store.polls.save_poll_results("A", [poll(stale, status())])
 
     assert created == 0 and quiet == 0
     imported = rows(engine, ImportRow)[0]
@@ -411,7 +412,7 @@ def test_a_result_saved_after_losing_the_lease_is_ignored(store: Store, engine: 
     assert one(engine, SubscriptionRow, subscription)["state"] == "active"
     assert notification_count(engine) == 0
     # The owner of the lease still saves.
-    assert store.save_poll_results("B", [poll(taken, status(Status.QUEUED))]) == 1
+    assert store.polls.save_poll_results("B", [poll(taken, status(Status.QUEUED))]) == 1
 
 
 def test_finished_import_ends_subscriptions_but_keeps_final_messages_deliverable(
@@ -428,20 +429,20 @@ def test_finished_import_ends_subscriptions_but_keeps_final_messages_deliverable
         assert row["state"] == "ended"
         assert row["ended_reason"] == "Completed"
         assert row["ended_at"] == NOW
-        delivery = store.delivery(subscription)
+        delivery = store.outbox.delivery(subscription)
         assert delivery is not None and delivery.active is False
         assert [n.event.key for n in delivery.notifications] == ["transition:1:Completed"]
-    assert store.channel_watches("T1", "C1") == []
-    assert sorted(store.claim_deliveries("N", NOW, 10, LEASE)) == sorted([first, second])
+    assert store.subscriptions.channel_watches("T1", "C1") == []
+    assert sorted(store.outbox.claim_deliveries("N", NOW, 10, LEASE)) == sorted([first, second])
     # Nobody watches it any more: it is not polled again.
-    assert store.claim_due_imports("A", NOW + timedelta(hours=1), 10, LEASE) == []
+    assert store.polls.claim_due_imports("A", NOW + timedelta(hours=1), 10, LEASE) == []
 
 
 def test_expired_import_ends_subscriptions_with_the_reason(store: Store, engine: Engine) -> None:
     subscription = watch(store)
     item = claim_one(store)
 
-    store.save_poll_results("A", [poll(item, EXPIRED)])
+    store.polls.save_poll_results("A", [poll(item, EXPIRED)])
 
     row = one(engine, SubscriptionRow, subscription)
     assert row["state"] == "ended"
@@ -457,34 +458,34 @@ def test_claim_deliveries_returns_a_new_subscription_whose_card_is_not_posted(
 ) -> None:
     subscription = watch(store)
 
-    assert store.claim_deliveries("N", NOW, 10, LEASE) == [subscription]
+    assert store.outbox.claim_deliveries("N", NOW, 10, LEASE) == [subscription]
 
 
 def test_claim_deliveries_skips_subscriptions_with_nothing_to_tell(store: Store) -> None:
     subscription = watch(store)
-    store.set_tracking_message(subscription, "1700000000.000100", 1)
+    store.outbox.set_tracking_message(subscription, "1700000000.000100", 1)
 
-    assert store.claim_deliveries("N", NOW, 10, LEASE) == []
+    assert store.outbox.claim_deliveries("N", NOW, 10, LEASE) == []
 
 
 def test_claim_deliveries_returns_subscriptions_with_pending_notifications(
     store: Store,
 ) -> None:
     subscription = watch(store)
-    store.set_tracking_message(subscription, "1700000000.000100", 1)
+    store.outbox.set_tracking_message(subscription, "1700000000.000100", 1)
     item = claim_one(store)
-    store.save_poll_results("A", [poll(item, status(Status.QUEUED))])
-    store.mark_card_done(subscription, 2)  # only the notification is left
+    store.polls.save_poll_results("A", [poll(item, status(Status.QUEUED))])
+    store.outbox.mark_card_done(subscription, 2)  # only the notification is left
 
-    assert store.claim_deliveries("N", NOW, 10, LEASE) == [subscription]
+    assert store.outbox.claim_deliveries("N", NOW, 10, LEASE) == [subscription]
 
 
 def test_claim_deliveries_respects_leases(store: Store) -> None:
     subscription = watch(store)
-    store.claim_deliveries("N1", NOW, 10, LEASE)
+    store.outbox.claim_deliveries("N1", NOW, 10, LEASE)
 
-    during = store.claim_deliveries("N2", NOW + timedelta(seconds=LEASE - 1), 10, LEASE)
-    after = store.claim_deliveries("N2", NOW + timedelta(seconds=LEASE + 1), 10, LEASE)
+    during = store.outbox.claim_deliveries("N2", NOW + timedelta(seconds=LEASE - 1), 10, LEASE)
+    after = store.outbox.claim_deliveries("N2", NOW + timedelta(seconds=LEASE + 1), 10, LEASE)
 
     assert during == []
     assert after == [subscription]
@@ -493,11 +494,11 @@ def test_claim_deliveries_respects_leases(store: Store) -> None:
 def pending_notification(store: Store) -> tuple[int, int]:
     """A subscription whose card is posted and that has one pending notification."""
     subscription = watch(store)
-    store.set_tracking_message(subscription, "1700000000.000100", 1)
+    store.outbox.set_tracking_message(subscription, "1700000000.000100", 1)
     item = claim_one(store)
-    store.save_poll_results("A", [poll(item, status(Status.QUEUED))])
-    store.mark_card_done(subscription, 2)
-    delivery = store.delivery(subscription)
+    store.polls.save_poll_results("A", [poll(item, status(Status.QUEUED))])
+    store.outbox.mark_card_done(subscription, 2)
+    delivery = store.outbox.delivery(subscription)
     assert delivery is not None
     (notification,) = delivery.notifications
     return subscription, notification.id
@@ -509,7 +510,7 @@ def test_mark_sent_records_the_message_and_leaves_nothing_pending(
     subscription, notification = pending_notification(store)
     sent_at = NOW + timedelta(seconds=2)
 
-    store.mark_sent(notification, "1700000000.000200", sent_at)
+    store.outbox.mark_sent(notification, "1700000000.000200", sent_at)
 
     row = one(engine, NotificationRow, notification)
     assert (row["state"], row["slack_ts"], row["sent_at"], row["attempts"]) == (
@@ -518,43 +519,43 @@ def test_mark_sent_records_the_message_and_leaves_nothing_pending(
         sent_at,
         1,
     )
-    delivery = store.delivery(subscription)
+    delivery = store.outbox.delivery(subscription)
     assert delivery is not None and delivery.notifications == []
-    assert store.claim_deliveries("N", NOW + timedelta(hours=1), 10, LEASE) == []
+    assert store.outbox.claim_deliveries("N", NOW + timedelta(hours=1), 10, LEASE) == []
 
 
 def test_a_failed_attempt_is_retried_at_the_given_time(store: Store, engine: Engine) -> None:
     subscription, notification = pending_notification(store)
     retry_at = NOW + timedelta(minutes=2)
 
-    store.mark_attempt_failed(notification, "ratelimited " * 40, retry_at)
+    store.outbox.mark_attempt_failed(notification, "ratelimited " * 40, retry_at)
 
     row = one(engine, NotificationRow, notification)
     assert row["state"] == "pending"
     assert row["attempts"] == 1
     assert row["next_attempt_at"] == retry_at
     assert len(row["last_error"]) == 200
-    assert store.claim_deliveries("N", NOW + timedelta(minutes=1), 10, LEASE) == []
-    assert store.claim_deliveries("N", retry_at, 10, LEASE) == [subscription]
+    assert store.outbox.claim_deliveries("N", NOW + timedelta(minutes=1), 10, LEASE) == []
+    assert store.outbox.claim_deliveries("N", retry_at, 10, LEASE) == [subscription]
 
 
 def test_end_subscription_drops_what_can_no_longer_be_sent(store: Store, engine: Engine) -> None:
     subscription, notification = pending_notification(store)
 
-    store.end_subscription(subscription, "channel_not_found", NOW)
+    store.outbox.end_subscription(subscription, "channel_not_found", NOW)
 
     row = one(engine, SubscriptionRow, subscription)
     assert (row["state"], row["ended_reason"]) == ("ended", "channel_not_found")
     assert row["card_done"] == row["card_wanted"]  # no final card edit into a lost channel
     assert one(engine, NotificationRow, notification)["state"] == "dropped"
-    assert store.claim_deliveries("N", NOW + timedelta(hours=1), 10, LEASE) == []
+    assert store.outbox.claim_deliveries("N", NOW + timedelta(hours=1), 10, LEASE) == []
 
 
 def test_unsubscribe_ends_the_watch_with_one_last_card_edit(store: Store, engine: Engine) -> None:
     subscription, notification = pending_notification(store)
     card_wanted = one(engine, SubscriptionRow, subscription)["card_wanted"]
 
-    ended = store.unsubscribe(
+    ended = store.subscriptions.unsubscribe(
         team_id="T1",
         channel_id="C1",
         client_id=CLIENT,
@@ -568,7 +569,7 @@ def test_unsubscribe_ends_the_watch_with_one_last_card_edit(store: Store, engine
     assert (row["state"], row["ended_reason"], row["ended_at"]) == ("ended", "unwatched by U1", NOW)
     assert row["card_wanted"] == card_wanted + 1
     assert one(engine, NotificationRow, notification)["state"] == "dropped"
-    assert store.channel_watches("T1", "C1") == []
+    assert store.subscriptions.channel_watches("T1", "C1") == []
 
 
 def test_unsubscribe_of_an_import_not_watched_there_changes_nothing(store: Store) -> None:
@@ -581,7 +582,7 @@ def test_unsubscribe_of_an_import_not_watched_there_changes_nothing(store: Store
     ]
 
     ended = [
-        store.unsubscribe(
+        store.subscriptions.unsubscribe(
             team_id=team,
             channel_id=channel,
             client_id=client,
@@ -593,7 +594,7 @@ def test_unsubscribe_of_an_import_not_watched_there_changes_nothing(store: Store
     ]
 
     assert ended == [None] * len(elsewhere)
-    assert len(store.channel_watches("T1", "C1")) == 1
+    assert len(store.subscriptions.channel_watches("T1", "C1")) == 1
 
 
 def test_end_team_ends_only_that_workspace(store: Store, engine: Engine) -> None:
@@ -601,9 +602,9 @@ def test_end_team_ends_only_that_workspace(store: Store, engine: Engine) -> None
     second = watch(store, team="T1", channel="C2", current=status(token=2), next_poll=NOW + LATER)
     other = watch(store, team="T2", channel="C1")
     item = claim_one(store)  # token 1001, watched by T1/C1 and T2/C1
-    store.save_poll_results("A", [poll(item, status(Status.QUEUED))])
+    store.polls.save_poll_results("A", [poll(item, status(Status.QUEUED))])
 
-    ended = store.end_team("T1", "app uninstalled", NOW)
+    ended = store.subscriptions.end_team("T1", "app uninstalled", NOW)
 
     assert ended == 2
     states = {s["id"]: (s["state"], s["ended_reason"]) for s in rows(engine, SubscriptionRow)}
@@ -616,9 +617,9 @@ def test_end_team_ends_only_that_workspace(store: Store, engine: Engine) -> None
 def test_release_leases_gives_back_only_this_owners_leases(store: Store, engine: Engine) -> None:
     watch(store, status(token=1))
     watch(store, status(token=2))
-    store.claim_due_imports("A", NOW, limit=1, lease_seconds=LEASE, expected_interval=1)
-    store.claim_due_imports("B", NOW, limit=1, lease_seconds=LEASE, expected_interval=1)
-    store.claim_deliveries("A", NOW, limit=1, lease_seconds=LEASE)
+    store.polls.claim_due_imports("A", NOW, limit=1, lease_seconds=LEASE, expected_interval=1)
+    store.polls.claim_due_imports("B", NOW, limit=1, lease_seconds=LEASE, expected_interval=1)
+    store.outbox.claim_deliveries("A", NOW, limit=1, lease_seconds=LEASE)
 
     store.release_leases("A")
 
@@ -627,19 +628,19 @@ def test_release_leases_gives_back_only_this_owners_leases(store: Store, engine:
     assert [s["lease_owner"] for s in rows(engine, SubscriptionRow)] == [None, None]
     # Due again after a second; only A's, whose lease was given back, can be taken.
     later = NOW + timedelta(seconds=LEASE / 2)
-    assert len(store.claim_due_imports("C", later, limit=10, lease_seconds=LEASE)) == 1
-    assert len(store.claim_deliveries("C", NOW, limit=10, lease_seconds=LEASE)) == 2
+    assert len(store.polls.claim_due_imports("C", later, limit=10, lease_seconds=LEASE)) == 1
+    assert len(store.outbox.claim_deliveries("C", NOW, limit=10, lease_seconds=LEASE)) == 2
 
 
 def test_channel_watches_lists_only_active_watches_of_that_channel(store: Store) -> None:
     first = watch(store, status(token=1), now=NOW)
     second = watch(store, status(Status.STAGING, None, token=2), now=NOW + timedelta(minutes=1))
     gone = watch(store, status(token=3), now=NOW + timedelta(minutes=2))
-    store.end_subscription(gone, "unwatched", NOW)
+    store.outbox.end_subscription(gone, "unwatched", NOW)
     watch(store, status(token=4), channel="C2")
     watch(store, status(token=5), team="T2")
 
-    watches = store.channel_watches("T1", "C1")
+    watches = store.subscriptions.channel_watches("T1", "C1")
 
     assert [w.subscription_id for w in watches] == [first, second]
     assert [w.access_token for w in watches] == [1, 2]
@@ -667,7 +668,7 @@ def test_concurrent_claims_never_hand_out_the_same_import(postgres_url: str) -> 
             mine: list[int] = []
             try:
                 start.wait()
-                while batch := store.claim_due_imports(owner, NOW, 15, LEASE):
+                while batch := store.polls.claim_due_imports(owner, NOW, 15, LEASE):
                     mine += [item.id for item in batch]
             except BaseException as exc:  # surfaced below, not lost in the thread
                 errors.append(exc)
@@ -693,7 +694,7 @@ def test_concurrent_claims_never_hand_out_the_same_import(postgres_url: str) -> 
 
 
 def _claimed_poll(store: Store, outcome: Outcome, *, interval: float = 30) -> PollResult:
-    (item,) = store.claim_due_imports(
+    (item,) = store.polls.claim_due_imports(
         "A", NOW, limit=1, lease_seconds=LEASE, expected_interval=interval
     )
     decision = decide(item.memory, outcome, NOW, RULES)
@@ -713,7 +714,7 @@ def test_a_healthy_unchanged_poll_is_fully_recorded_by_its_claim(
     watch(store)
     # Watched a while: the first Processing poll set the rate base; this one changes nothing.
     first = _claimed_poll(store, status())
-    store.save_poll_results("A", [first])
+    store.polls.save_poll_results("A", [first])
     with engine.begin() as conn:
         conn.execute(update(ImportRow).values(next_poll_at=NOW))
     before = rows(engine, ImportRow)[0]
@@ -721,7 +722,7 @@ def test_a_healthy_unchanged_poll_is_fully_recorded_by_its_claim(
     result = _claimed_poll(store, status())
 
     assert result.needs_saving() is False
-    assert store.save_poll_results("A", [result]) == 0
+    assert store.polls.save_poll_results("A", [result]) == 0
     after = rows(engine, ImportRow)[0]
     # The claim wrote when it was polled and when it is due next; nothing else moved.
     assert after["next_poll_at"] == NOW + timedelta(seconds=30)
@@ -736,7 +737,12 @@ def test_polls_that_change_memory_or_fail_are_saved(store: Store) -> None:
     assert _claimed_poll(store, status()).needs_saving()  # sets the processing rate's base
     failing = PollResult(
         import_id=1,
-        decision=decide(Memory(status=status()), Unavailable(), NOW, RULES),
+        decision=decide(
+            Memory(status=status()),
+            Failure("MyPreferences is temporarily unavailable."),
+            NOW,
+            RULES,
+        ),
         polled_at=NOW,
         next_poll_at=NOW + timedelta(seconds=30),
         error="Unavailable",

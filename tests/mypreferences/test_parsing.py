@@ -1,4 +1,4 @@
-"""The ImportStatus model: what a Retrieve-status body turns into, however odd it is."""
+"""Parsing a Retrieve-status body into an ImportStatus, however odd the body is."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.mypreferences.models import (
+from bot.domain.status import ImportStatus, Status
+from bot.mypreferences.parsing import (
     MAX_COUNT,
     MAX_NAME_LENGTH,
-    ImportStatus,
-    Status,
     parse_expires,
     parse_import_status,
 )

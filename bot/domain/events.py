@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from bot.mypreferences.models import Status
+from bot.domain.status import Status
 
 
 class EventKind(StrEnum):

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bot.devserver import ServerThread
-from bot.slack.emulator import (
+from bot.sandbox.devserver import ServerThread
+from bot.sandbox.slack_emulator import (
     RESPONSE_URL_MAX_POSTS,
     Message,
     SlackEmulator,

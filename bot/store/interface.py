@@ -1,0 +1,96 @@
+"""The store's narrow interface: what each part of the bot may ask of the database.
+
+Each consumer depends on one of these protocols, not on the SQL behind it, so
+a test can hand it a small fake. ``bot.store.Store`` provides all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Protocol
+
+from bot.domain.status import ImportStatus
+from bot.store.records import DeliveryState, DueImport, PollResult, Subscribed, Watch
+
+
+class SubscriptionStore(Protocol):
+    """For the commands: who watches what."""
+
+    def subscribe(
+        self,
+        *,
+        team_id: str,
+        channel_id: str,
+        client_id: str,
+        status: ImportStatus,
+        user_id: str,
+        now: datetime,
+        next_poll_at: datetime,
+    ) -> Subscribed: ...
+
+    def unsubscribe(
+        self,
+        *,
+        team_id: str,
+        channel_id: str,
+        client_id: str,
+        access_token: int,
+        reason: str,
+        now: datetime,
+    ) -> int | None: ...
+
+    def channel_watches(self, team_id: str, channel_id: str) -> list[Watch]: ...
+
+    def end_team(self, team_id: str, reason: str, now: datetime) -> int: ...
+
+    def watched_imports_by_status(self) -> dict[str, int]: ...
+
+
+class PollStore(Protocol):
+    """For the poller: due imports, their leases, and each poll's result."""
+
+    def claim_due_imports(
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        expected_interval: float | None = None,
+    ) -> list[DueImport]: ...
+
+    def save_poll_results(self, owner: str, results: Iterable[PollResult]) -> int: ...
+
+    def abandon_polls(self, owner: str, import_ids: list[int], now: datetime) -> None: ...
+
+    def release_leases(self, owner: str) -> None: ...
+
+
+class OutboxStore(Protocol):
+    """For delivery: what each channel still has to be told."""
+
+    def claim_deliveries(
+        self, owner: str, now: datetime, limit: int, lease_seconds: float
+    ) -> list[int]: ...
+
+    def claim_subscription(
+        self, subscription_id: int, owner: str, now: datetime, lease_seconds: float
+    ) -> bool: ...
+
+    def delivery(self, subscription_id: int) -> DeliveryState | None: ...
+
+    def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None: ...
+
+    def mark_card_done(self, subscription_id: int, card_version: int) -> None: ...
+
+    def mark_sent(self, notification_id: int, ts: str | None, now: datetime) -> None: ...
+
+    def mark_attempt_failed(self, notification_id: int, error: str, retry_at: datetime) -> None: ...
+
+    def drop_notification(self, notification_id: int, error: str) -> None: ...
+
+    def end_subscription(self, subscription_id: int, reason: str, now: datetime) -> None: ...
+
+    def release_subscription(self, subscription_id: int, owner: str) -> None: ...
+
+    def release_leases(self, owner: str) -> None: ...

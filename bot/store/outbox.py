@@ -1,0 +1,209 @@
+"""The outbox: what each subscription's channel still has to be told, and its leases.
+
+A notification row is written in the same transaction as the poll that caused
+it; delivery leases a subscription, brings its channel up to date, and marks
+each message sent as soon as Slack accepts it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from bot.domain.events import Event
+from bot.store.records import (
+    ACTIVE,
+    DROPPED,
+    PENDING,
+    SENT,
+    DeliveryState,
+    PendingNotification,
+    status_of,
+)
+from bot.store.subscriptions import end_subscriptions
+from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
+
+
+class Outbox:
+    """Notifications waiting for Slack, and the tracking cards they hang off."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def claim_deliveries(
+        self, owner: str, now: datetime, limit: int, lease_seconds: float
+    ) -> list[int]:
+        """Lease subscriptions whose channel has something to be told."""
+        pending = exists().where(
+            NotificationRow.subscription_id == SubscriptionRow.id,
+            NotificationRow.state == PENDING,
+            NotificationRow.next_attempt_at <= now,
+        )
+        due = (
+            select(SubscriptionRow.id)
+            .where(
+                or_(SubscriptionRow.card_done < SubscriptionRow.card_wanted, pending),
+                or_(SubscriptionRow.lease_until.is_(None), SubscriptionRow.lease_until < now),
+            )
+            .order_by(SubscriptionRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=SubscriptionRow)
+        )
+        with self.engine.begin() as conn:
+            return list(
+                conn.execute(
+                    update(SubscriptionRow)
+                    .where(SubscriptionRow.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+                    .returning(SubscriptionRow.id)
+                ).scalars()
+            )
+
+    def claim_subscription(
+        self, subscription_id: int, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Lease one subscription (the watch command delivers its card right away).
+
+        A lease held by this same replica counts too: the watcher's tick may be
+        delivering this subscription at this moment, and two deliveries at once
+        would post the card (or a notification) twice. The tick delivers it then.
+        """
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(SubscriptionRow)
+                    .where(
+                        SubscriptionRow.id == subscription_id,
+                        or_(
+                            SubscriptionRow.lease_until.is_(None),
+                            SubscriptionRow.lease_until < now,
+                        ),
+                    )
+                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+                ).rowcount
+            )
+
+    def delivery(self, subscription_id: int) -> DeliveryState | None:
+        with Session(self.engine) as conn:
+            row = conn.execute(
+                select(SubscriptionRow, ImportRow)
+                .join(ImportRow, ImportRow.id == SubscriptionRow.import_id)
+                .where(SubscriptionRow.id == subscription_id)
+            ).first()
+            if row is None:
+                return None
+            sub, imp = row
+            notifications = conn.execute(
+                select(NotificationRow)
+                .where(
+                    NotificationRow.subscription_id == subscription_id,
+                    NotificationRow.state == PENDING,
+                )
+                .order_by(NotificationRow.id)
+            ).scalars()
+            pending = [
+                PendingNotification(
+                    id=n.id,
+                    event=Event.from_json(n.event),
+                    snapshot=status_of(n.snapshot),
+                    attempts=n.attempts,
+                    created_at=n.created_at,
+                    next_attempt_at=n.next_attempt_at,
+                )
+                for n in notifications
+            ]
+            return DeliveryState(
+                subscription_id=sub.id,
+                team_id=sub.team_id,
+                channel_id=sub.channel_id,
+                subscribed_by=sub.subscribed_by,
+                subscribed_at=sub.subscribed_at,
+                active=sub.state == ACTIVE,
+                ended_reason=sub.ended_reason,
+                tracking_ts=sub.tracking_ts,
+                card_wanted=sub.card_wanted,
+                card_done=sub.card_done,
+                access_token=imp.access_token,
+                status=status_of(imp.snapshot),
+                rate_base_at=imp.rate_base_at,
+                rate_base_done=imp.rate_base_done,
+                notifications=pending,
+            )
+
+    def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.id == subscription_id)
+                .values(tracking_ts=ts, card_done=card_version)
+            )
+
+    def mark_card_done(self, subscription_id: int, card_version: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(SubscriptionRow)
+                .where(
+                    SubscriptionRow.id == subscription_id,
+                    SubscriptionRow.card_done < card_version,
+                )
+                .values(card_done=card_version)
+            )
+
+    def mark_sent(self, notification_id: int, ts: str | None, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == notification_id)
+                .values(state=SENT, slack_ts=ts, sent_at=now, attempts=NotificationRow.attempts + 1)
+            )
+
+    def mark_attempt_failed(self, notification_id: int, error: str, retry_at: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == notification_id)
+                .values(
+                    attempts=NotificationRow.attempts + 1,
+                    last_error=error[:200],
+                    next_attempt_at=retry_at,
+                )
+            )
+
+    def drop_notification(self, notification_id: int, error: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == notification_id)
+                .values(
+                    state=DROPPED, last_error=error[:200], attempts=NotificationRow.attempts + 1
+                )
+            )
+
+    def end_subscription(self, subscription_id: int, reason: str, now: datetime) -> None:
+        """The channel is gone or the token revoked: end it, drop what cannot be sent."""
+        with self.engine.begin() as conn:
+            end_subscriptions(conn, [subscription_id], reason, now, drop_pending=True, card=False)
+            conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.id == subscription_id)
+                .values(card_done=SubscriptionRow.card_wanted)
+            )
+
+    def release_subscription(self, subscription_id: int, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.id == subscription_id, SubscriptionRow.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def release_leases(self, owner: str) -> None:
+        """Give back every subscription lease this replica holds (graceful shutdown)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )

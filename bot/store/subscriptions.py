@@ -1,0 +1,261 @@
+"""Subscriptions: channels watching imports (the watch, unwatch and list commands)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from bot.domain.rules import Memory
+from bot.domain.status import ImportStatus, Status
+from bot.store.records import (
+    ACTIVE,
+    DROPPED,
+    ENDED,
+    PENDING,
+    Subscribed,
+    Watch,
+    memory_columns,
+    snapshot_of,
+)
+from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
+
+
+class Subscriptions:
+    """Who watches what: the ``subscriptions`` table and the imports they need."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+
+    def subscribe(
+        self,
+        *,
+        team_id: str,
+        channel_id: str,
+        client_id: str,
+        status: ImportStatus,
+        user_id: str,
+        now: datetime,
+        next_poll_at: datetime,
+    ) -> Subscribed:
+        """Watch an import in a channel; an existing active watch is returned unchanged."""
+        with self.engine.begin() as conn:
+            import_id = self._ensure_import(conn, client_id, status, now, next_poll_at)
+            existing = conn.execute(
+                select(SubscriptionRow.id).where(
+                    SubscriptionRow.team_id == team_id,
+                    SubscriptionRow.channel_id == channel_id,
+                    SubscriptionRow.import_id == import_id,
+                    SubscriptionRow.state == ACTIVE,
+                )
+            ).scalar()
+            if existing is not None:
+                return Subscribed(existing, created=False)
+            subscription_id = conn.execute(
+                insert(SubscriptionRow)
+                .values(
+                    team_id=team_id,
+                    channel_id=channel_id,
+                    import_id=import_id,
+                    subscribed_by=user_id,
+                    subscribed_at=now,
+                    state=ACTIVE,
+                    card_wanted=1,
+                    card_done=0,
+                )
+                .returning(SubscriptionRow.id)
+            ).scalar_one()
+            return Subscribed(subscription_id, created=True)
+
+    def _ensure_import(
+        self,
+        conn: Connection,
+        client_id: str,
+        status: ImportStatus,
+        now: datetime,
+        next_poll_at: datetime,
+    ) -> int:
+        row = conn.execute(
+            select(ImportRow.id, ImportRow.status).where(
+                ImportRow.client_id == client_id, ImportRow.access_token == status.access_token
+            )
+        ).first()
+        if row is not None:
+            # Not watched by anyone until now: take the fresh status and poll on schedule.
+            watched = conn.execute(
+                select(
+                    exists().where(
+                        SubscriptionRow.import_id == row.id, SubscriptionRow.state == ACTIVE
+                    )
+                )
+            ).scalar()
+            if not watched:
+                fresh_memory = memory_columns(Memory(status=status))
+                del fresh_memory["transitions"]
+                conn.execute(
+                    update(ImportRow)
+                    .where(ImportRow.id == row.id)
+                    .values(
+                        status=status.status.value,
+                        name=status.name,
+                        snapshot=snapshot_of(status),
+                        expires_at=status.expires,
+                        version=ImportRow.version + 1,
+                        last_polled_at=now,
+                        next_poll_at=next_poll_at,
+                        # A fresh start, except the transition count: it keys events.
+                        **fresh_memory,
+                    )
+                )
+            return int(row.id)
+        insert = (
+            self._dialect.insert(ImportRow)
+            .values(
+                client_id=client_id,
+                access_token=status.access_token,
+                name=status.name,
+                status=status.status.value,
+                snapshot=snapshot_of(status),
+                expires_at=status.expires,
+                version=1,
+                transitions=0,
+                first_seen_at=now,
+                last_polled_at=now,
+                next_poll_at=next_poll_at,
+                failures=0,
+                trouble_notified=False,
+            )
+            .on_conflict_do_nothing(index_elements=["client_id", "access_token"])
+        )
+        conn.execute(insert)
+        return int(
+            conn.execute(
+                select(ImportRow.id).where(
+                    ImportRow.client_id == client_id,
+                    ImportRow.access_token == status.access_token,
+                )
+            ).scalar_one()
+        )
+
+    def unsubscribe(
+        self,
+        *,
+        team_id: str,
+        channel_id: str,
+        client_id: str,
+        access_token: int,
+        reason: str,
+        now: datetime,
+    ) -> int | None:
+        """End a channel's watch of an import; returns the subscription id, or None."""
+        with self.engine.begin() as conn:
+            subscription_id = conn.execute(
+                select(SubscriptionRow.id)
+                .join(ImportRow, ImportRow.id == SubscriptionRow.import_id)
+                .where(
+                    SubscriptionRow.team_id == team_id,
+                    SubscriptionRow.channel_id == channel_id,
+                    SubscriptionRow.state == ACTIVE,
+                    ImportRow.client_id == client_id,
+                    ImportRow.access_token == access_token,
+                )
+            ).scalar()
+            if subscription_id is None:
+                return None
+            end_subscriptions(conn, [subscription_id], reason, now, drop_pending=True)
+            return int(subscription_id)
+
+    def channel_watches(self, team_id: str, channel_id: str) -> list[Watch]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    SubscriptionRow.id,
+                    ImportRow.access_token,
+                    ImportRow.name,
+                    ImportRow.status,
+                    SubscriptionRow.subscribed_by,
+                    SubscriptionRow.subscribed_at,
+                )
+                .join(ImportRow, ImportRow.id == SubscriptionRow.import_id)
+                .where(
+                    SubscriptionRow.team_id == team_id,
+                    SubscriptionRow.channel_id == channel_id,
+                    SubscriptionRow.state == ACTIVE,
+                )
+                .order_by(SubscriptionRow.subscribed_at, SubscriptionRow.id)
+            ).all()
+        return [
+            Watch(
+                subscription_id=r.id,
+                access_token=r.access_token,
+                name=r.name,
+                status=Status(r.status) if r.status else None,
+                subscribed_by=r.subscribed_by,
+                subscribed_at=r.subscribed_at,
+            )
+            for r in rows
+        ]
+
+    def end_team(self, team_id: str, reason: str, now: datetime) -> int:
+        """End every active subscription of a workspace (uninstall, revoked tokens)."""
+        with self.engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    select(SubscriptionRow.id).where(
+                        SubscriptionRow.team_id == team_id, SubscriptionRow.state == ACTIVE
+                    )
+                ).scalars()
+            )
+            end_subscriptions(conn, ids, reason, now, drop_pending=True, card=False)
+            return len(ids)
+
+    def watched_imports_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ImportRow.status, func.count(func.distinct(ImportRow.id)))
+                .join(
+                    SubscriptionRow,
+                    and_(
+                        SubscriptionRow.import_id == ImportRow.id,
+                        SubscriptionRow.state == ACTIVE,
+                    ),
+                )
+                .group_by(ImportRow.status)
+            ).all()
+        return {str(status or "Unknown"): int(n) for status, n in rows}
+
+
+def end_subscriptions(
+    conn: Connection,
+    subscription_ids: list[int],
+    reason: str,
+    now: datetime,
+    *,
+    drop_pending: bool,
+    card: bool = True,
+) -> None:
+    """End these active subscriptions; the card gets one last edit unless ``card`` is False."""
+    if not subscription_ids:
+        return
+    values: dict[str, Any] = {"state": ENDED, "ended_at": now, "ended_reason": reason[:200]}
+    if card:
+        # One last edit so the card says the watch is over.
+        values["card_wanted"] = SubscriptionRow.card_wanted + 1
+    conn.execute(
+        update(SubscriptionRow)
+        .where(SubscriptionRow.id.in_(subscription_ids), SubscriptionRow.state == ACTIVE)
+        .values(**values)
+    )
+    if drop_pending:
+        conn.execute(
+            update(NotificationRow)
+            .where(
+                NotificationRow.subscription_id.in_(subscription_ids),
+                NotificationRow.state == PENDING,
+            )
+            .values(state=DROPPED)
+        )
