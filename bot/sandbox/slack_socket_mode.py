@@ -862,20 +862,21 @@ class SocketModeServer:
                 return
             envelope.connection_id = target.connection_id
             target.envelopes_sent += 1
-        text = json.dumps(_wire(envelope))
-        try:
-            await target.ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            with self._lock:
-                self._fail(envelope, loop, reason="connection_failed")
-                self._changed.notify_all()
-            return
-        with self._lock:
+            # The clock starts before the bytes go out, so an ack can never beat sent_at.
             envelope.sent_at = time.monotonic()
             envelope.deadline = loop.call_later(
                 ACK_DEADLINE_SECONDS, self._on_deadline, envelope.envelope_id
             )
             self._changed.notify_all()
+        try:
+            await target.ws.send_str(json.dumps(_wire(envelope)))
+        except (ConnectionError, RuntimeError):
+            with self._lock:
+                envelope.deadline.cancel()
+                envelope.sent_at = None
+                if envelope.outcome == "pending":
+                    self._fail(envelope, loop, reason="connection_failed")
+                self._changed.notify_all()
 
     def _on_deadline(self, envelope_id: str) -> None:
         loop = asyncio.get_running_loop()

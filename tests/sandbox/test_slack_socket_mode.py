@@ -131,7 +131,7 @@ async def test_apps_connections_open_returns_a_ws_url_whose_socket_says_hello(
     slack: SocketModeServer,
 ) -> None:
     url = await open_url(slack)
-    assert url.startswith(f"ws://127.0.0.1:{slack.url.split(':')[2].rstrip('/')}/link/?ticket=")
+    assert url.startswith(slack.url.replace("http://", "ws://") + "link/?ticket=")
     assert "app_id=A0001" in url
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as first:
         hello = json.loads((await first.receive(timeout=5)).data)
