@@ -6,12 +6,11 @@ does not grow with the number of records:
 
 1. ``add``: each record is masked (``bot.domain.exceptions.Masker``: in ``redacted``
    mode nothing personal reaches the disk, not even the temporary file) and appended
-   to a spool file (one length-prefixed ``marshal`` frame per record: several times
-   cheaper than JSON, and read back only by this process); the field names are
-   collected (at most
-   ``max_columns``; fields beyond go, as one JSON object, into a last column
-   ``(more fields)``).
-2. ``finish``: the spool is read back line by line into the CSV, the spool removed.
+   to a spool file, one length-prefixed ``marshal`` frame per record (several times
+   cheaper than JSON lines, and only ever read back by the same process); the field
+   names are collected (at most ``max_columns``; fields beyond go, as one JSON object,
+   into a last column ``(more fields)``).
+2. ``finish``: the spool is read back record by record into the CSV, then removed.
 
 Everything lives in a private folder (mode 0700) made inside the caller's directory:
 containers may run with a read-only root filesystem and only /data writable, so the
@@ -162,9 +161,14 @@ class CsvArchiveWriter:
         self.records_written = 0
         self._columns: dict[str, None] = {}
         self._overflow = False  # some record had fields beyond max_columns
+        self._spool: IO[bytes] | None = None  # set just below; None once closed
         self._folder: Path | None = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=directory))
         self._spool_path = self._folder / "records.spool"
-        self._spool: IO[bytes] | None = open(self._spool_path, "wb")  # noqa: SIM115 (closed in finish/discard)
+        try:
+            self._spool = open(self._spool_path, "wb")  # noqa: SIM115 (closed in finish/discard)
+        except BaseException:
+            self.discard()
+            raise
         self._finished = False
 
     # -- pass 1 ------------------------------------------------------------------------

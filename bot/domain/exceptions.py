@@ -235,6 +235,7 @@ _GROUP = r"(?:\d|\(\d+\))"
 # A digit run not glued to a preceding letter or digit. Possessive (*+) so a run is
 # always judged whole: backtracking must never turn a rejected run into a shorter match.
 _RUN_RE = re.compile(rf"(?<![^\W_])\+?{_GROUP}(?:\d|\(\d+\)|{_SEP}(?={_GROUP}))*+")
+_SEPARATORS = " \u00a0./-\u2010\u2011\u2012\u2013"
 _DIGIT_RE = re.compile(r"\d")
 _DIGIT_GROUP_RE = re.compile(r"\d+")
 _PHONE_ONLY_RE = re.compile(rf"\+?{_GROUP}(?:\d|\(\d+\)|{_SEP}(?={_GROUP}))*+")
@@ -302,29 +303,33 @@ def _judge_run(run: str) -> str:
     """A digit run, masked when it is a phone number (rules in the module docstring)."""
     if len(run) < MIN_PHONE_DIGITS:
         return run
+    if run.startswith("+"):
+        return mask_phone(run)
+    # Leading dates are kept and what follows them is judged alone ("2024-01-15 555 123
+    # 4567"). A loop over positions: a long list of dates must cost neither stack nor copies.
+    start = 0
+    while (end := _date_end(run, start)) is not None:
+        start = end
+        while start < len(run) and run[start] in _SEPARATORS:
+            start += 1
+    return run[:start] + _judge_undated(run[start:]) if start else _judge_undated(run)
+
+
+def _judge_undated(run: str) -> str:
     digits = len(_DIGIT_RE.findall(run))
     if digits < MIN_PHONE_DIGITS:
         return run
-    if run.startswith("+"):
-        return mask_phone(run)
-    date = _leading_date(run)
-    if date is not None:
-        rest = run[date:]
-        body = rest.lstrip(" \u00a0./-\u2010\u2011\u2012\u2013")
-        if not body:
-            return run
-        return run[: len(run) - len(body)] + _judge_run(body)
     groups = _DIGIT_GROUP_RE.findall(run)
     if len(groups) == 1 and run.isdecimal():
         return mask_phone(run) if digits >= MIN_BARE_PHONE_DIGITS else run
-    if len(groups) == 2 and run.count(".") == 1 and run == f"{groups[0]}.{groups[1]}":
+    if len(groups) == 2 and run == f"{groups[0]}.{groups[1]}":
         return run  # a decimal number
     return mask_phone(run)
 
 
-def _leading_date(run: str) -> int | None:
-    """Where a date at the start of ``run`` ends, or None when it does not start with one."""
-    match = _DATE_RE.match(run)
+def _date_end(run: str, start: int = 0) -> int | None:
+    """Where a date starting at ``start`` ends, or None when no date starts there."""
+    match = _DATE_RE.match(run, start)
     if match is None or not _plausible_date(match):
         return None
     end = match.end()
@@ -448,7 +453,7 @@ def _mask_personal(value: str) -> str:
     if (
         _PHONE_ONLY_RE.fullmatch(text)
         and len(_DIGIT_RE.findall(text)) >= MIN_PHONE_DIGITS
-        and _leading_date(text) is None  # a date of birth is not shown as ****-*2-29
+        and _date_end(text) is None  # a date of birth is not shown as ****-*2-29
     ):
         return mask_phone(text)
     return text[0] + MASK

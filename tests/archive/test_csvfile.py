@@ -386,7 +386,7 @@ MANY = 100_000
 
 
 def test_memory_does_not_grow_with_the_number_of_records(tmp_path: Path) -> None:
-    def peak(count: int) -> tuple[int, ArchiveFile]:
+    def peak(count: int) -> tuple[int, int]:
         tracemalloc.start()
         with CsvArchiveWriter(tmp_path, count, REDACTED) as writer:
             for record in many_records(count):

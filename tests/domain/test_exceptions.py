@@ -7,6 +7,8 @@ import json
 import re
 import time
 import tracemalloc
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -173,6 +175,7 @@ def test_phone_mask_keeps_every_separator() -> None:
         "(1" * 50_000,
         "1 " * 50_000,
         "9" * 100_000,
+        "2024-01-15 " * 20_000,
     ],
 )
 def test_masking_stays_fast_on_hostile_long_text(hostile: str) -> None:
@@ -285,7 +288,7 @@ def test_none_mode_masks_like_redacted() -> None:
 # -- properties: nothing personal survives ---------------------------------------------
 
 NO_DIGITS_OR_AT = st.text(
-    st.characters(blacklist_categories=("Nd", "Cs"), blacklist_characters="@"), max_size=30
+    st.characters(exclude_categories=("Nd", "Cs"), exclude_characters="@"), max_size=30
 )
 
 
@@ -312,14 +315,14 @@ def looks_masked(email: str) -> bool:
     return not body.strip("*") or (len(body) > 1 and not body[1:].strip("*"))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(email=st.emails(), before=NO_DIGITS_OR_AT, after=NO_DIGITS_OR_AT)
 def test_no_email_address_survives_redacted_text(email: str, before: str, after: str) -> None:
     assume(not looks_masked(email))
     assert email not in mask_text(f"{before} {email} {after}")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(phone=phone_numbers(), before=NO_DIGITS_OR_AT, after=NO_DIGITS_OR_AT)
 def test_no_phone_number_survives_redacted_text(phone: str, before: str, after: str) -> None:
     masked = mask_text(f"{before} {phone} {after}")
@@ -355,7 +358,7 @@ def test_no_planted_email_or_phone_survives_anywhere_in_a_record(
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.text(st.characters(blacklist_characters="*", blacklist_categories=("Cs",))))
+@given(value=st.text(st.characters(exclude_characters="*", exclude_categories=["Cs"])))
 def test_personal_fields_never_show_more_than_a_first_character(value: str) -> None:
     masked = REDACTED.mask_value("FirstName", value)
     assert isinstance(masked, str)
@@ -385,7 +388,9 @@ def test_counts_and_dates_survive_in_text(count: int, day: object) -> None:
 # -- the summary -----------------------------------------------------------------------
 
 
-def summary_of(records: list[object], masker: Masker = REDACTED, **limits: int) -> SummaryBuilder:
+def summary_of(
+    records: Sequence[object], masker: Masker = REDACTED, **limits: Any
+) -> SummaryBuilder:
     builder = SummaryBuilder(masker, **limits)
     for record in records:
         builder.add(record)
