@@ -174,7 +174,8 @@ def _upgrade_quietly(engine: Engine, config: Config) -> str:
 def operator_can_fix(exc: DBAPIError) -> bool:
     """Whether the error is about where the database is or who may write it, not a bug."""
     return (
-        isinstance(exc, OperationalError | InterfaceError)
+        exc.statement is None  # it failed while connecting: the URL or the server
+        or isinstance(exc, OperationalError | InterfaceError)
         or type(exc) is DatabaseError  # SQLite: "file is not a database"
         or getattr(exc.orig, "sqlstate", None) == "42501"  # PostgreSQL: permission denied
     )
