@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
 from enum import Enum
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.domain.rules import Rules
@@ -111,7 +112,17 @@ class Settings:
         ]
         if self.oauth:
             values += [self.oauth.client_id, self.oauth.client_secret]
+        values += database_password_forms(self.database_url)
         return [str(v) for v in values if v]
+
+
+def database_password_forms(url: str) -> list[str]:
+    """The password in a database URL as written (URL-encoded) and as sent, for redaction."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
 
 
 def load_settings(
@@ -254,6 +265,10 @@ class _Reader:
                 f"{name}: expected a SQLAlchemy URL such as sqlite:///file.db or "
                 "postgresql+psycopg://user@host/db"
             )
+        if value.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
+            # A raw @ in the password would make part of it the host name, and so
+            # appear in every error that names the host. (The value is not echoed.)
+            raise ConfigError(f"{name}: URL-encode an @ in the user name or password as %40")
         return value
 
     def path_template(self, name: str, default: str) -> str:
