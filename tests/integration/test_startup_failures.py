@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.cli import EXIT_CONFIG, EXIT_OK
-from bot.devserver import ServerThread
-from bot.mypreferences.simulator import Simulator, base_url
+from bot.exit_codes import ExitCode
+from bot.sandbox.devserver import ServerThread
+from bot.sandbox.mypreferences_simulator import Simulator, base_url
 from bot.store.engine import make_engine
 
 # The password as written in DATABASE_URL and as the driver receives it.
@@ -96,7 +96,7 @@ def run_bot(
 
 def assert_one_line_error(run: Run, *expected: str) -> str:
     """Exit 3, nothing on stdout, one stderr line holding each expected fragment."""
-    assert run.code == EXIT_CONFIG, run
+    assert run.code == ExitCode.CONFIG, run
     assert "Traceback" not in run.stderr, run.stderr
     assert len(run.stderr_lines) == 1, run.stderr
     (line,) = run.stderr_lines
@@ -160,7 +160,7 @@ def test_percent_encoded_password_migrates_serves_and_looks_up(
     database_url = _postgres(postgres_url)
 
     migrated = run_bot("migrate", cwd=tmp_path, DATABASE_URL=database_url)
-    assert migrated.code == EXIT_OK, migrated
+    assert migrated.code == ExitCode.OK, migrated
     assert "database is at schema revision" in migrated.stdout
 
     # serve, with every log line at DEBUG, until /healthz answers
@@ -182,7 +182,7 @@ def test_percent_encoded_password_migrates_serves_and_looks_up(
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=20)
     output = log_path.read_text()
-    assert code == EXIT_OK, output
+    assert code == ExitCode.OK, output
     for secret in SECRETS:
         assert secret not in output
 
@@ -196,7 +196,7 @@ def test_percent_encoded_password_migrates_serves_and_looks_up(
             DATABASE_URL=database_url,
             MYPREFERENCES_API_URL=base_url(server.url),
         )
-    assert status.code == EXIT_OK, status
+    assert status.code == ExitCode.OK, status
     assert "Autumn list" in status.stdout
 
 
@@ -281,7 +281,7 @@ def test_a_data_folder_the_user_cannot_write_says_which_folder_and_uid(
 def test_a_database_file_the_user_cannot_write_names_the_file(tmp_path: Path) -> None:
     database = tmp_path / "import-status-bot.db"
     first = run_bot("migrate", cwd=tmp_path, DATABASE_URL=f"sqlite:///{database}")
-    assert first.code == EXIT_OK, first
+    assert first.code == ExitCode.OK, first
     for path in tmp_path.glob("import-status-bot.db*"):
         path.chmod(0o444)
 
