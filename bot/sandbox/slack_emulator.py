@@ -1319,9 +1319,11 @@ class SlackUser:
 
     # ----------------------------------------------------------------- views (slack_views.py)
 
-    def submit_view(self, view_id: str, chosen: JSON | None = None) -> Submission:
+    def submit_view(
+        self, view_id: str, chosen: JSON | None = None, *, forged: bool = False
+    ) -> Submission:
         """Fill in an open modal (block id → choice) and press Submit; see slack_views."""
-        return submit_view(self, view_id, chosen)
+        return submit_view(self, view_id, chosen, forged=forged)
 
     def open_home(self) -> CommandResult:
         """Open the app's Home tab: Slack sends ``app_home_opened``."""

@@ -440,18 +440,21 @@ def view_submission_body(stored: StoredView, values: JSON, *, user: SlackUser) -
     return urlencode({"payload": json.dumps(payload)}).encode()
 
 
-def submit_view(user: SlackUser, view_id: str, chosen: JSON | None = None) -> Submission:
+def submit_view(
+    user: SlackUser, view_id: str, chosen: JSON | None = None, *, forged: bool = False
+) -> Submission:
     """``user`` fills in the open modal ``view_id`` (block id → choice) and presses Submit.
 
     Choices: an option's value for selects and radio buttons, a user id for
     users_select, a list of channel ids for multi_conversations_select, text for
-    plain_text_input. Blocks not named keep their initial values.
+    plain_text_input. Blocks not named keep their initial values. ``forged``
+    submits someone else's modal, as only a forged request could.
     """
     registry = user.emulator.views
     stored = registry.view(view_id)
     if stored is None or not stored.is_open or stored.type != "modal":
         raise ValueError(f"no open modal {view_id}")
-    if stored.user_id and stored.user_id != user.user_id:
+    if stored.user_id and stored.user_id != user.user_id and not forged:
         raise ValueError(f"modal {view_id} belongs to {stored.user_id}, not {user.user_id}")
     chosen = chosen or {}
     unknown = set(chosen) - {b.get("block_id") for b in _inputs(stored.view)}

@@ -107,12 +107,13 @@ def settings_error_message(problem: str) -> Message:
 
 def change_notice(user_id: str, before: ChannelSettings, after: ChannelSettings) -> Message:
     """The channel's record of who changed what; nobody but the changer is mentioned."""
-    changes = [
-        f"• `{key}`: {quiet_value(before, key)} → {quiet_value(after, key)}"
-        for key, _, _ in after.changes_from(before)
-    ]
+    keys = [key for key, _, _ in after.changes_from(before)]
+    changes = [f"• `{k}`: {quiet_value(before, k)} → {quiet_value(after, k)}" for k in keys]
     head = f":gear: <@{user_id}> changed this channel's import settings:"
-    plain = ", ".join(f"{k} {old} → {new}" for k, old, new in after.changes_from(before))
+    # The fallback text notifies too: the same quiet values, without the backquotes.
+    plain = ", ".join(
+        f"{k} {quiet_value(before, k)} → {quiet_value(after, k)}".replace("`", "") for k in keys
+    )
     text = "\n".join([head, *changes])
     return _message(f"Import settings changed: {plain}", [_section(text)])
 
