@@ -184,7 +184,11 @@ class CommandHandler:
         if parsed.verb == "help":
             await ack(response_type="ephemeral", **render.usage_message().as_kwargs())
             return
-        if parsed.verb in ATTENTION_VERBS and self.attention is not None and client is not None:
+        if parsed.verb in ATTENTION_VERBS:
+            if self.attention is None or client is None:
+                message = render.usage_message("That is not available in this bot.")
+                await ack(response_type="ephemeral", **message.as_kwargs())
+                return
             await self.attention.command(parsed, ack, respond, command, client)
             return
         if parsed.verb in ("lookup", "watch"):
