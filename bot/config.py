@@ -85,6 +85,7 @@ class Settings:
     allowed_user_ids: frozenset[str] = field(default_factory=frozenset)
     lookup_limit: int = 30
     lookup_window_seconds: float = 600.0
+    digest_check_seconds: float = 60.0
 
     def rules(self) -> Rules:
         """The product's rules as these settings tune them."""
@@ -210,6 +211,7 @@ def load_settings(
         allowed_user_ids=reader.id_set("ALLOWED_USER_IDS"),
         lookup_limit=int(reader.number("LOOKUP_RATE_LIMIT", 30, minimum=1, integer=True)),
         lookup_window_seconds=reader.number("LOOKUP_RATE_WINDOW_SECONDS", 600.0, minimum=1),
+        digest_check_seconds=reader.number("DIGEST_CHECK_SECONDS", 60.0, minimum=0.1),
     )
     return settings
 

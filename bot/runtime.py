@@ -20,9 +20,12 @@ from bot.mypreferences.client import MyPreferencesClient
 from bot.service import ImportService
 from bot.slack.app import build_app
 from bot.slack.delivery import Delivery
+from bot.slack.digests import SlackDigestPoster
+from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.store import Store
 from bot.store.engine import make_engine, migrate
+from bot.watch.digest import DigestJob
 from bot.watch.jobs import PollerJobs
 from bot.watch.poller import Poller
 
@@ -47,7 +50,20 @@ class Runtime:
             self.store.outbox, self.slack, self.owner, lease_seconds=settings.lease_seconds
         )
         self.poller = Poller(settings, self.store.polls, self.api, self.delivery, self.owner)
-        self.jobs = PollerJobs(self.poller, settings.tick_seconds)
+        self.digest = DigestJob(
+            self.store.channel_settings,
+            self.store.history,
+            self.store.digests,
+            SlackDigestPoster(self.slack, Permalinks(self.slack)),
+            self.owner,
+            lease_seconds=settings.lease_seconds,
+        )
+        self.jobs = PollerJobs(
+            self.poller,
+            settings.tick_seconds,
+            digest=self.digest,
+            digest_seconds=settings.digest_check_seconds,
+        )
         self.access = AccessControl(settings)
         self.service = ImportService(
             settings, self.store.subscriptions, self.api, self.delivery.deliver_now
@@ -58,6 +74,8 @@ class Runtime:
             service=self.service,
             access=self.access,
             subscriptions=self.store.subscriptions,
+            channel_settings=self.store.channel_settings,
+            history=self.store.history,
         )
         self.socket_handler: AsyncSocketModeHandler | None = None
         self._socket_task: asyncio.Task[None] | None = None

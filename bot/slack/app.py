@@ -12,11 +12,14 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.service import ImportService
+from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.actions import ActionHandler
+from bot.slack.listeners.attention import AttentionHandler
 from bot.slack.listeners.commands import CommandHandler
+from bot.slack.listeners.home import HomeTab
 from bot.slack.listeners.lifecycle import WorkspaceEvents
-from bot.store.interface import SubscriptionStore
+from bot.store.interface import HistoryStore, SettingsStore, SubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ def build_app(
     service: ImportService,
     access: AccessControl,
     subscriptions: SubscriptionStore,
+    channel_settings: SettingsStore,
+    history: HistoryStore,
 ) -> AsyncApp:
     """The Bolt AsyncApp with every listener registered.
 
@@ -46,9 +51,13 @@ def build_app(
         raise_error_for_unhandled_request=False,
     )
     app.middleware(ignore_retried_interactions)
-    commands = CommandHandler(service, access)
+    permalinks = Permalinks(client)
+    attention = AttentionHandler(channel_settings, history, access, permalinks)
+    commands = CommandHandler(service, access, attention)
     commands.register(app)
     ActionHandler(commands).register(app)
+    attention.register(app)
+    HomeTab(history, service, access, permalinks).register(app)
     WorkspaceEvents(subscriptions).register(app)
     app.error(_log_listener_error)
     return app

@@ -48,7 +48,10 @@ ACTION_WATCH = "import_watch"
 ACTION_REFRESH = "import_refresh"
 ACTION_UNWATCH = "import_unwatch"
 
-USAGE_LINE = "Usage: /import-status [watch|unwatch] TOKEN | list | help"
+USAGE_LINE = (
+    "Usage: /import-status [watch|unwatch] TOKEN | list | history [N] | settings "
+    "| set KEY VALUE | help"
+)
 
 #: How each status is shown in Slack: its emoji and its name (see STATUS_LOOKS).
 STATUS_MARKERS: dict[Status, str] = {
@@ -519,6 +522,9 @@ def usage_message(problem: str | None = None) -> Message:
         "• `/import-status watch 12345`: watch it in this channel (alias `subscribe`)",
         "• `/import-status unwatch 12345`: stop watching it here (alias `unsubscribe`)",
         "• `/import-status list`: the imports this channel watches",
+        "• `/import-status history 20`: the last 20 finished watches here (default 10)",
+        "• `/import-status settings`: this channel's settings; "
+        "`/import-status set broadcast failures` changes one",
         "• `/import-status help`: this help",
     ]
     text = "\n".join(lines)

@@ -1,13 +1,18 @@
 """The database, behind a narrow interface (``interface.py``), one module per concern.
 
-``Store`` bundles the three parts over one engine: ``subscriptions`` (the
-commands), ``polls`` (the poller) and ``outbox`` (delivery).
+``Store`` bundles the parts over one engine: ``subscriptions`` (the
+commands), ``polls`` (the poller), ``outbox`` (delivery), ``channel_settings``
+(each channel's choices), ``history`` (what watches came to) and ``digests``
+(one daily digest per channel).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from bot.store.channel_settings import ChannelSettingsTable
+from bot.store.digests import Digests
+from bot.store.history import History
 from bot.store.outbox import Outbox
 from bot.store.polls import Polls
 from bot.store.subscriptions import Subscriptions
@@ -21,8 +26,12 @@ class Store:
         self.subscriptions = Subscriptions(engine)
         self.polls = Polls(engine)
         self.outbox = Outbox(engine)
+        self.channel_settings = ChannelSettingsTable(engine)
+        self.history = History(engine)
+        self.digests = Digests(engine)
 
     def release_leases(self, owner: str) -> None:
         """Give back every lease this replica holds (graceful shutdown)."""
         self.polls.release_leases(owner)
         self.outbox.release_leases(owner)
+        self.digests.release_leases(owner)

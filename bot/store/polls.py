@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from bot.domain.events import EventKind
+from bot.domain.history import EXPIRED_REASON
 from bot.domain.rules import Decision
 from bot.store.records import (
     ACTIVE,
@@ -262,4 +263,4 @@ def _finish_reason(decision: Decision) -> str:
         and not any(e.kind is EventKind.EXPIRED for e in decision.events)
     ):
         return status.status.value
-    return "token expired"
+    return EXPIRED_REASON

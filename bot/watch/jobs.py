@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot.watch.digest import DigestJob
 from bot.watch.poller import Poller
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,17 @@ class _SkipOverlapNotice(logging.Filter):
 
 
 class PollerJobs:
-    def __init__(self, poller: Poller, tick_seconds: float) -> None:
+    def __init__(
+        self,
+        poller: Poller,
+        tick_seconds: float,
+        digest: DigestJob | None = None,
+        digest_seconds: float = 60.0,
+    ) -> None:
         self.poller = poller
         self.tick_seconds = tick_seconds
+        self.digest = digest
+        self.digest_seconds = digest_seconds
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: asyncio.Task[object] | None = None
         logging.getLogger("apscheduler.scheduler").addFilter(_SkipOverlapNotice())
@@ -47,7 +56,28 @@ class PollerJobs:
             misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )
+        if self.digest is not None:
+            # Checked every minute (not a cron at each channel's time): each channel has its
+            # own time and zone, and a digest missed while the bot was down is still due.
+            self._scheduler.add_job(
+                self._digest,
+                "interval",
+                seconds=self.digest_seconds,
+                id="daily-digest",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=datetime.now(UTC),
+            )
         self._scheduler.start()
+
+    async def _digest(self) -> None:
+        if self.digest is None or self.poller.stopping:
+            return
+        try:
+            await self.digest.run()
+        except Exception:
+            log.exception("the digest job failed; it runs again at its next check")
 
     async def _tick(self) -> None:
         self._running = asyncio.current_task()

@@ -39,8 +39,29 @@ class AccessControl:
             )
         return denial
 
-    def _denial(self, team_id: str, channel_id: str, user_id: str) -> str | None:
-        if self.allowed_channels and channel_id not in self.allowed_channels:
+    async def check_lists(
+        self, team_id: str, channel_id: str | None, user_id: str, verb: str
+    ) -> str | None:
+        """The allow-lists alone, for verbs that cannot guess tokens (settings, history, Home).
+
+        ``channel_id`` None (App Home has no channel) checks the person only.
+        """
+        denial = self._listed(channel_id, user_id)
+        if denial is not None:
+            log.warning(
+                "denied %s: %s",
+                verb,
+                denial,
+                extra={"team": team_id, "channel": channel_id or "-", "user": user_id},
+            )
+        return denial
+
+    def _listed(self, channel_id: str | None, user_id: str) -> str | None:
+        if (
+            channel_id is not None
+            and self.allowed_channels
+            and channel_id not in self.allowed_channels
+        ):
             return (
                 ":no_entry: This bot is not enabled in this channel. "
                 "Ask an administrator to add it to ALLOWED_CHANNEL_IDS."
@@ -50,6 +71,12 @@ class AccessControl:
                 ":no_entry: You are not on the list of people who may look up imports. "
                 "Ask an administrator to add you to ALLOWED_USER_IDS."
             )
+        return None
+
+    def _denial(self, team_id: str, channel_id: str, user_id: str) -> str | None:
+        listed = self._listed(channel_id, user_id)
+        if listed is not None:
+            return listed
         hits = self._window(team_id, user_id)
         if len(hits) >= self.limit:
             wait = max(1, int(hits[0] + self.window - self.clock()))
