@@ -32,7 +32,6 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
     """The ASGI app; ``slack_routes=False`` for Socket Mode (health and metrics only)."""
     handler = AsyncSlackRequestHandler(runtime.app)
-    signing_secret = str(runtime.settings.slack_signing_secret or "")
 
     async def slack_events(request: Request) -> Response:
         timestamp = request.headers.get("x-slack-request-timestamp")
@@ -45,7 +44,7 @@ def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
         # The signature first, before anything parses the body: Bolt would parse it,
         # then log it whole at INFO when the signature is wrong.
         problem = incoming.signature_problem(
-            signing_secret,
+            str(runtime.settings.slack_signing_secret or ""),
             body,
             timestamp,
             request.headers.get("x-slack-signature"),

@@ -50,13 +50,12 @@ _OBJECTS = frozenset(
         "workflow_step",
     }
 )
-# Fields read as text: compared, hashed into sets, split or shown.
+# Fields read as text wherever they are: compared, hashed into sets, split or shown.
 _TEXTS = frozenset(
     {
         "type",
         "subtype",
         "command",
-        "text",
         "team_id",
         "channel_id",
         "user_id",
@@ -75,6 +74,9 @@ _TEXTS = frozenset(
         "tab",
     }
 )
+# Read as text only at the top (a slash command's text); elsewhere Slack nests objects
+# under the same name (a button's ``text`` is a plain_text object).
+_TOP_LEVEL_TEXTS = frozenset({"text"})
 # Fields read as lists of objects (``actions`` is never empty: Bolt takes the first).
 _OBJECT_LISTS = frozenset({"authorizations", "actions", "response_urls"})
 
@@ -163,7 +165,7 @@ def _shape_problem(node: dict[str, Any], where: str) -> str | None:
     """The first field of ``node`` (and of the objects it holds) not of Slack's shape."""
     for key, value in node.items():
         path = f"{where}.{key}"
-        if key in _TEXTS:
+        if key in _TEXTS or (where == "body" and key in _TOP_LEVEL_TEXTS):
             if value is not None and not isinstance(value, str):
                 return f"{path} is not text"
         elif key in _ID_OR_OBJECT:
