@@ -232,18 +232,16 @@ class Poller:
     async def drain(self, timeout: float) -> None:
         """At shutdown: let polls in flight finish (up to ``timeout``) and save them.
 
-        Polls still running after that are cancelled; their leases are released
-        by the caller, so another replica (or the next start) polls them again.
+        Polls still running after that are cancelled and given back (due now, for
+        any replica), so another replica (or the next start) polls them again.
         """
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
-        abandoned = [i for task, i in self._in_flight.items() if not task.done()]
         for task in self._in_flight:
             task.cancel()
         if self._in_flight:
             await asyncio.wait(self._in_flight)
-        await self._flush()
-        await asyncio.to_thread(self.polls.abandon_polls, self.owner, abandoned, self.clock())
+        await self._flush()  # saves what finished, gives back what was cancelled
 
     async def _poll(self, item: DueImport, start_by: datetime) -> PollResult | None:
         """Ask the API about one leased import; None when it is given back unpolled."""

@@ -23,7 +23,7 @@ from bot.slack.render import ACTION_REFRESH, ACTION_UNWATCH, ACTION_WATCH
 LIMIT = 4
 GUARDED_ENV = {
     "ALLOWED_CHANNEL_IDS": "C0001,C0002,C0003",
-    "ALLOWED_USER_IDS": "U0001,U0002,U0003,U0004",
+    "ALLOWED_USER_IDS": "U0001,U0002,U0003,U0004,U0005",
     "LOOKUP_RATE_LIMIT": str(LIMIT),
     "LOOKUP_RATE_WINDOW_SECONDS": "600",
 }
@@ -162,17 +162,23 @@ def test_an_outsiders_refresh_and_watch_clicks_are_refused_without_calling_the_a
 # --------------------------------------------------------------------------- failed lookups
 
 
-def test_failed_refresh_clicks_use_up_the_limit_twice_as_fast(
-    guarded: tuple[Harness, BotProcess],
+@pytest.mark.parametrize(
+    ("action", "user", "known", "guesses"),
+    [
+        (ACTION_REFRESH, "U0004", 5005, [5905, 5906]),
+        (ACTION_WATCH, "U0005", 5008, [5915, 5916]),
+    ],
+    ids=["refresh", "watch"],
+)
+def test_failed_button_lookups_use_up_the_limit_twice_as_fast(
+    guarded: tuple[Harness, BotProcess], action: str, user: str, known: int, guesses: list[int]
 ) -> None:
     harness, bot = guarded
-    known = 5005
-    harness.sim.add_import(known, name="Refresh guess check", status="Staging")
-    guesses = [5905, 5906]  # unknown to MyPreferences: 401
-    with person(harness, bot, "U0004", "C0001") as guesser:
-        # Limit 4: two failed Refresh clicks cost 2 each, so nothing more is allowed.
+    harness.sim.add_import(known, name="Button guess check", status="Staging")
+    with person(harness, bot, user, "C0001") as guesser:
+        # Limit 4: two failed clicks cost 2 each, so nothing more is allowed.
         for guess in guesses:
-            reply = click_answer(guesser, ACTION_REFRESH, guess, "1.1")
+            reply = click_answer(guesser, action, guess, "1.1")
             assert UNKNOWN_TOKEN in reply, reply
         reply = final(guesser, guesser.command(str(known)))
 
