@@ -50,6 +50,8 @@ def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
             request.headers.get("x-slack-signature"),
             time.time(),
         )
+        if problem is not None and incoming.is_ssl_check(body):
+            return PlainTextResponse("")  # nothing happens in a certificate check
         if problem is not None:
             log.info("refused a request with %s (%d bytes)", problem, len(body))
             return PlainTextResponse("invalid request signature", status_code=401)

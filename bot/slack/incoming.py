@@ -98,6 +98,14 @@ def signature_problem(
     return None
 
 
+def is_ssl_check(body: bytes) -> bool:
+    """Slack's certificate check (``ssl_check=1``): answered 200 before any check, as Bolt does."""
+    if len(body) > 1024:
+        return False
+    fields = dict(parse_qsl(body.decode("ascii", "replace"), keep_blank_values=True))
+    return fields.get("ssl_check") == "1"
+
+
 def body_problem(body: bytes, content_type: str | None) -> str | None:
     """Why Bolt could not read this (signed) body, or None when it can."""
     try:
