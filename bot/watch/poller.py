@@ -160,7 +160,17 @@ class Poller:
             failed = True
             self.failed_ticks_in_a_row += 1
             self.last_failure = type(exc).__name__
-            log.exception("watcher tick failed; the next tick will try again")
+            if self.failed_ticks_in_a_row == 1:
+                log.exception("watcher tick failed; the next tick will try again")
+            else:
+                # The traceback was logged with the first failure: one line per tick now.
+                reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+                log.error(
+                    "watcher tick failed again (%d in a row): %s: %s",
+                    self.failed_ticks_in_a_row,
+                    type(exc).__name__,
+                    reason,
+                )
         else:
             self._succeeded()
         seconds = loop.time() - started_at
