@@ -171,6 +171,21 @@ def escape(text: str, *, limit: int = SECTION_TEXT_LIMIT) -> str:
     return _fit(safe, limit)
 
 
+_MENTION_IN_TEXT = re.compile(r"<@([A-Z0-9]+)>")
+
+
+def _with_mentions(text: str) -> str:
+    """``text`` escaped for mrkdwn, except its ``<@ID>`` mentions of real Slack user ids."""
+    parts: list[str] = []
+    last = 0
+    for found in _MENTION_IN_TEXT.finditer(text):
+        parts.append(escape(text[last : found.start()]))
+        parts.append(_mention(found.group(1)))
+        last = found.end()
+    parts.append(escape(text[last:]))
+    return "".join(parts)
+
+
 def _mention(user_id: str) -> str:
     """A user mention for a Slack id we got from Slack; anything else is shown as text."""
     if _SLACK_USER_ID.fullmatch(user_id):
@@ -386,8 +401,10 @@ def tracking_card(
     token's expiry is shown as an absolute Slack date, not "in 3 h"), so an
     unchanged import renders an unchanged card and a poll need not edit it.
 
-    ``ended_reason`` is trusted mrkdwn written by the bot (it may mention a
-    user); when set, the card says watching stopped and keeps only Refresh.
+    ``ended_reason`` is text written by the bot, such as "unwatched by <@U123>":
+    well-formed user mentions in it are kept, everything else is escaped (the
+    id inside came from a request). When set, the card says watching stopped
+    and keeps only Refresh.
     """
     if status is None:
         blocks = [
@@ -400,8 +417,9 @@ def tracking_card(
         blocks = _status_blocks(status, now, eta_seconds, relative_expiry=False)
         fallback = _status_fallback(status)
     if ended_reason:
-        blocks.append(_section(f":no_bell: No longer watching: {ended_reason}"))
-        fallback += f". No longer watching: {ended_reason}"
+        reason = _with_mentions(ended_reason)
+        blocks.append(_section(f":no_bell: No longer watching: {reason}"))
+        fallback += f". No longer watching: {reason}"
     blocks.append(
         _context(f"Watched by {_mention(subscriber_id)} since {slack_date(subscribed_at)}")
     )

@@ -6,7 +6,7 @@ a test can hand it a small fake. ``bot.store.Store`` provides all three.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -61,6 +61,8 @@ class PollStore(Protocol):
         limit: int,
         lease_seconds: float,
         expected_interval: float | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[DueImport]: ...
 
     def save_poll_results(self, owner: str, results: Iterable[PollResult]) -> int: ...

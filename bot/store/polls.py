@@ -9,7 +9,7 @@ both or neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,6 +57,8 @@ class Polls:
         limit: int,
         lease_seconds: float,
         expected_interval: float | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[DueImport]:
         """Lease up to ``limit`` imports that are due and watched by someone.
 
@@ -64,7 +66,12 @@ class Polls:
         (default: the lease) from now, as if the poll will change nothing, which it
         usually does not: then the poll itself needs no write at all (see
         PollResult.needs_saving). A lease this replica still holds does not stop
-        it claiming the import once it is due again.
+        it claiming the import once it is due again, unless its id is in
+        ``exclude`` (the polls this replica still has in flight).
+
+        The caller picks ``lease_seconds``: the poller asks for the interval plus
+        the HTTP timeout, so a dead replica's imports are free again at most one
+        HTTP timeout after they are due.
         """
         interval = lease_seconds if expected_interval is None else expected_interval
         expected = now + timedelta(seconds=interval)
@@ -87,6 +94,7 @@ class Polls:
                 exists().where(
                     SubscriptionRow.import_id == ImportRow.id, SubscriptionRow.state == ACTIVE
                 ),
+                *([ImportRow.id.not_in(list(exclude))] if exclude else []),
             )
             .order_by(ImportRow.next_poll_at)
             .limit(limit)

@@ -76,7 +76,7 @@ class AttentionHandler:
         team = str(command.get("team_id", ""))
         channel = str(command.get("channel_id", ""))
         user = str(command.get("user_id", ""))
-        denial = await self.access.check_lists(team, channel, user, parsed.verb)
+        denial = await self.access.check(team, channel, user, parsed.verb)
         if parsed.verb == "history":
             if denial:
                 await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
@@ -182,7 +182,7 @@ class AttentionHandler:
             )
             return
         team, channel = place
-        denial = await self.access.check_lists(team, channel, user, "settings")
+        denial = await self.access.check(team, channel, user, "settings")
         if denial:
             await ack(response_action="errors", errors={"broadcast": _plain(denial)})
             return

@@ -178,6 +178,11 @@ class CommandHandler:
         team_id = str(command.get("team_id", ""))
         channel_id = str(command.get("channel_id", ""))
         user_id = str(command.get("user_id", ""))
+        # Every verb, help included: outside the allow-lists the bot only says so.
+        denial = await self.access.check(team_id, channel_id, user_id, parsed.verb)
+        if denial is not None:
+            await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
+            return
         if parsed.verb == "invalid":
             await ack(response_type="ephemeral", **render.usage_message(parsed.problem).as_kwargs())
             return
@@ -191,11 +196,6 @@ class CommandHandler:
                 return
             await self.attention.command(parsed, ack, respond, command, client)
             return
-        if parsed.verb in ("lookup", "watch"):
-            denial = await self.access.check(team_id, channel_id, user_id, parsed.verb)
-            if denial is not None:
-                await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
-                return
         if parsed.verb == "list":
             work = guarded(None, lambda: self._list(team_id, channel_id))
             await answer(ack, respond, work, "Looking up this channel's watches…")
@@ -203,16 +203,17 @@ class CommandHandler:
         token = parsed.access_token
         assert token is not None  # every other verb carries one
         action, pending = {
-            "lookup": (self._lookup, f"Looking up import {token}…"),
+            "lookup": (self.lookup, f"Looking up import {token}…"),
             "watch": (self.watch, f"Checking import {token} before watching it…"),
             "unwatch": (self.unwatch, f"Stopping the watch of import {token}…"),
         }[parsed.verb]
         work = guarded(token, lambda: action(team_id, channel_id, user_id, token))
         await answer(ack, respond, work, pending)
 
-    async def _lookup(
+    async def lookup(
         self, team_id: str, channel_id: str, user_id: str, token: int
     ) -> render.Message:
+        """The import's status message; a failed lookup costs the user a second slot."""
         try:
             status = await self.service.lookup(token)
         except ApiError:

@@ -80,7 +80,7 @@ class HomeTab:
                 token = None
         if parsed is not None and token is not None:
             channel = parsed[0]
-            denial = await self.access.check_lists(team, channel, user, "unwatch")
+            denial = await self.access.check(team, channel, user, "unwatch")
             mine = await asyncio.to_thread(self.history.active, team, subscribed_by=user)
             # Only the person's own watches have this button; a forged click changes nothing.
             if denial is None and any(
@@ -95,7 +95,7 @@ class HomeTab:
         """Draw the person's Home tab now."""
         if not team or not user:
             return
-        denial = await self.access.check_lists(team, None, user, "home")
+        denial = await self.access.check(team, None, user, "home")
         if denial:
             view = home_view(
                 user, mine=[], active=[], recent=[], links={}, now=self.clock(), denial=denial
