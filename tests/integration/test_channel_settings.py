@@ -187,13 +187,15 @@ def test_an_invalid_value_gets_a_clear_error_and_changes_nothing(
     assert notices(harness, channel) == []
 
 
-def test_an_outsider_can_look_but_not_change(
+def test_an_outsider_can_neither_look_nor_change(
     harness: Harness, bot: BotProcess, channel: str, engine: Engine
 ) -> None:
+    # The allow-lists gate every verb (README, "Who may use the bot"): an outsider
+    # learns nothing about the channel, its settings included.
     with harness.user(bot, channel_id=channel, user_id=OUTSIDER) as outsider:
         assert "ALLOWED_USER_IDS" in ack(outsider, "set broadcast none")
         shown = ack(outsider, "settings")
-        assert "`broadcast`: `finish`" in shown and "not change them" in shown
+        assert "ALLOWED_USER_IDS" in shown and "broadcast" not in shown
         assert harness.emulator.views.modals(OUTSIDER) == [], "no form for who may not use it"
         with harness.user(bot, channel_id=channel, user_id=MEMBERS[1]) as member:
             view = open_modal(harness, member)
