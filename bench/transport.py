@@ -175,40 +175,39 @@ async def _httpx_send(http: httpx.AsyncClient, url: str, stats: ReadStats, bound
         async with http.stream(
             "GET", url, headers=HEADERS_GZIP if bounded else HEADERS
         ) as response:
-            code = response.status_code
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            if not 200 <= code < 300:
-                return Answer(code, retry_after, None)
-            if too_large_declared(response.headers):
-                raise errors.MalformedResponse("the answer is larger than 1 MiB")
-            raw: bytes | None = None
-            if bounded:
-                body = BoundedBody(response.headers.get("Content-Encoding"), MAX_BODY_BYTES, stats)
-                async for chunk in response.aiter_raw():
-                    if not body.feed(chunk):
-                        break
-                else:
-                    raw = body.body()
-            else:  # bot.mypreferences.auth.read_limited, counting what httpx inflated
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    stats.saw(len(chunk))
-                    if size > MAX_BODY_BYTES:
-                        break
-                    chunks.append(chunk)
-                else:
-                    raw = b"".join(chunks)
+            return await _httpx_answer(response, stats, bounded)
     except httpx.TimeoutException as exc:
         raise errors.Timeout(f"request timed out ({type(exc).__name__})") from exc
     except httpx.DecodingError as exc:
         raise errors.MalformedResponse("the answer could not be decoded") from exc
     except httpx.HTTPError as exc:
         raise errors.Unavailable(f"network error ({type(exc).__name__})") from exc
-    if raw is None:
+
+
+async def _httpx_answer(response: httpx.Response, stats: ReadStats, bounded: bool) -> Answer:
+    """Status, Retry-After and the capped body of an httpx response (httpx errors escape)."""
+    code = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+    if not 200 <= code < 300:
+        return Answer(code, retry_after, None)
+    if too_large_declared(response.headers):
         raise errors.MalformedResponse("the answer is larger than 1 MiB")
-    return Answer(code, retry_after, _decode_object(raw))
+    if bounded:
+        body = BoundedBody(response.headers.get("Content-Encoding"), MAX_BODY_BYTES, stats)
+        async for chunk in response.aiter_raw():
+            if not body.feed(chunk):
+                raise errors.MalformedResponse("the answer is larger than 1 MiB")
+        return Answer(code, retry_after, _decode_object(body.body()))
+    # bot.mypreferences.auth.read_limited, counting what httpx inflated.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        stats.saw(len(chunk))
+        if size > MAX_BODY_BYTES:
+            raise errors.MalformedResponse("the answer is larger than 1 MiB")
+        chunks.append(chunk)
+    return Answer(code, retry_after, _decode_object(b"".join(chunks)))
 
 
 class SplitHttpxPools:
@@ -271,6 +270,43 @@ class HttpxOverAiohttp:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+class HttpxTransportOnly:
+    """(e) httpx's Request/Response and transport API, without ``httpx.AsyncClient``.
+
+    The client layer (URL and header merging, cookie extraction on every answer,
+    auth and redirect flows, event hooks) is most of what httpx costs per
+    request. Here a request goes straight to ``AiohttpTransport``; tests could
+    still inject ``httpx.MockTransport``.
+    """
+
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        from httpx_aiohttp import AiohttpTransport
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._transport = AiohttpTransport(limits=limits)
+        self._timeout = httpx.Timeout(timeout).as_dict()
+        self.stats = ReadStats()
+
+    async def get(self, url: str) -> Answer:
+        request = httpx.Request(
+            "GET", url, headers=HEADERS_GZIP, extensions={"timeout": self._timeout}
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            try:
+                return await _httpx_answer(response, self.stats, bounded=True)
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException as exc:
+            raise errors.Timeout(f"request timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise errors.Unavailable(f"network error ({type(exc).__name__})") from exc
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
 
 
 # --------------------------------------------------------------------------- aiohttp
@@ -448,6 +484,7 @@ CANDIDATES: dict[str, Candidate] = {
     "b": Candidate("(b) httpx, one pool of C", OneHttpxPool),
     "c": Candidate("(c) httpx + httpx-aiohttp", HttpxOverAiohttp),
     "d": Candidate("(d) aiohttp.ClientSession", AiohttpSession),
+    "c-transport": Candidate("(e) httpx-aiohttp, transport only", HttpxTransportOnly),
     "a+uv": Candidate("(e) today's (a) on uvloop", SplitHttpxPools, "uvloop", ("uvloop",)),
     "c+uv": Candidate("(e) httpx-aiohttp on uvloop", HttpxOverAiohttp, "uvloop", ("uvloop",)),
     "d+uv": Candidate("(e) aiohttp on uvloop", AiohttpSession, "uvloop", ("uvloop",)),
@@ -459,7 +496,7 @@ CANDIDATES: dict[str, Candidate] = {
         "(e) httpx + pyreqwest transport", HttpxOverReqwest, needs=("pyreqwest",)
     ),
 }
-DEFAULT_CANDIDATES = "a,b,c,d,d+uv,rq,rq-httpx"
+DEFAULT_CANDIDATES = "a,b,c,c-transport,d,d+uv,rq,rq-httpx"
 
 
 def _run_in_loop(loop: str, main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
@@ -858,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result["server_core_share"] = server_cpu / result["wall_s"]
                     runs.append(result)
                     print(
-                        f"round {round_ + 1} C={concurrency:<4} {CANDIDATES[key].label:32} "
+                        f"round {round_ + 1} C={concurrency:<4} {CANDIDATES[key].label:34} "
                         f"{result['requests']:6} req {result['wall_s']:6.2f} s  "
                         f"{result['cpu_s'] / max(result['requests'], 1) * 1000:6.3f} ms CPU/req"
                         + (
