@@ -20,6 +20,8 @@ NEXT_POLL_TOLERANCE_SECONDS = 1.0
 # Subscription states.
 ACTIVE = "active"
 ENDED = "ended"
+# In ``channel_waits``: the row that holds back card edits in a whole workspace.
+WORKSPACE_EDITS = "*"
 # Notification states.
 PENDING = "pending"
 SENT = "sent"
@@ -113,6 +115,13 @@ class DeliveryState:
     rate_base_at: datetime | None
     rate_base_done: int | None
     notifications: list[PendingNotification]
+    #: Failed tries at the card since it last succeeded, and when it may be tried again.
+    card_attempts: int = 0
+    card_retry_at: datetime | None = None
+    card_error: str | None = None
+    #: Slack's "not before" for this channel (any call), and for card edits in the workspace.
+    channel_wait_until: datetime | None = None
+    edit_wait_until: datetime | None = None
 
 
 @dataclass(frozen=True)

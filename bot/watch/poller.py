@@ -1,8 +1,8 @@
 """The poll engine: lease what is due, ask the API once per import, save, notify.
 
 A tick streams due imports through ``concurrency`` requests at a time, saving
-finished polls in batches and delivering what the channels should be told as
-it goes. One slow or failing import never holds up the others: each request
+finished polls in batches and waking delivery (which runs on its own loop)
+when they produced notifications. One slow or failing import never holds up the others: each request
 has its own timeout, its poll finishes in the background if need be, and its
 failure only moves that import's next poll.
 """
@@ -40,16 +40,19 @@ class StatusSource(Protocol):
 
 
 class Deliverer(Protocol):
-    """What the poller asks of delivery: bring every channel that is due up to date."""
+    """What the poller asks of delivery: look for channels to bring up to date.
 
-    async def deliver_due(self) -> int: ...
+    Delivery runs on its own loop; waking it returns at once, so a tick never
+    waits on Slack.
+    """
+
+    def wake(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class TickReport:
     polled: int
     notifications: int
-    delivered: int
     seconds: float
 
 
@@ -93,28 +96,27 @@ class Poller:
         self._limit = asyncio.Semaphore(settings.poll_concurrency)
 
     async def tick(self) -> TickReport:
-        """Poll what is due and deliver what the channels should be told. Never raises.
+        """Poll what is due and have the channels told. Never raises; never waits on Slack.
 
         The tick streams: it keeps up to ``capacity`` leased imports in flight
         (``concurrency`` requests at a time), and every ``FLUSH_SECONDS`` it
-        saves the polls that have finished (one batched transaction), delivers
-        the notifications they produced, and leases more due imports. It ends
+        saves the polls that have finished (one batched transaction), wakes
+        delivery for the notifications they produced, and leases more due imports. It ends
         when nothing is due; polls still waiting on a slow API then go on in the
         background and the next tick saves them, so one slow import never delays
         the others' notifications.
         """
         started = time.perf_counter()
-        polled = created = delivered = 0
+        polled = created = 0
         nothing_due_since: float | None = None
         try:
-            delivered += await self.delivery.deliver_due()
             while not self.stopping:
                 claimed = await self._refill()
                 saved, new_events = await self._flush()
                 polled += saved
                 created += new_events
                 if new_events:
-                    delivered += await self.delivery.deliver_due()
+                    self.delivery.wake()
                 self.last_tick_at = self.clock()
                 if not claimed and not self._in_flight:
                     break
@@ -130,7 +132,7 @@ class Poller:
         seconds = time.perf_counter() - started
         METRICS.tick_duration.observe(seconds)
         self.last_tick_at = self.clock()
-        return TickReport(polled, created, delivered, seconds)
+        return TickReport(polled, created, seconds)
 
     async def _refill(self) -> int:
         """Lease due imports up to the free capacity and start polling them."""
