@@ -161,7 +161,18 @@ class Harness:
         """Start the same replica again (same log file), after a kill or a stop."""
         return bot.start()
 
-    def user(self, bot: BotProcess, channel_id: str = "C0001", user_id: str = "U0001") -> SlackUser:
+    def user(
+        self,
+        bot: BotProcess,
+        channel_id: str = "C0001",
+        user_id: str = "U0001",
+        *,
+        invite: bool = True,
+    ) -> SlackUser:
+        """Someone in ``channel_id``, where the bot was invited (as the README says to)
+        unless ``invite`` is False. Other channels need ``emulator.invite_bot``."""
+        if invite:
+            self.emulator.invite_bot(channel_id)
         return SlackUser(
             bot.events_url, SIGNING_SECRET, self.emulator, channel_id=channel_id, user_id=user_id
         )
