@@ -140,7 +140,9 @@ class ImportService:
             await asyncio.to_thread(self.subscriptions.forget, subscribed.subscription_id)
             log.info("watch refused: Slack said %s; nothing kept", card.error, extra=where)
             return WatchOutcome(WatchResult.REFUSED, status, card)
-        log.info("watch started (card %s)", card.outcome.value, extra=where)
+        log.info("watch started", extra=where)
+        if card.outcome is not CardOutcome.POSTED:
+            log.info("the tracking card will follow (Slack said %s)", card.error, extra=where)
         return WatchOutcome(WatchResult.STARTED, status, card)
 
     async def unwatch(

@@ -45,6 +45,7 @@ SCOPE_OF_METHOD: dict[str, str | None] = {
     "chat_update": "chat:write",
     "chat_postEphemeral": "chat:write",
     "chat_delete": "chat:write",
+    "conversations_open": "im:write",
 }
 #: Events Slack sends without any scope being granted.
 SCOPELESS_EVENTS = {"app_uninstalled", "tokens_revoked"}
@@ -326,7 +327,7 @@ def test_scopes_are_exactly_what_the_code_needs(
     assert _names(registered, "event") <= SCOPELESS_EVENTS
     scopes = manifest["oauth_config"]["scopes"]
     assert set(scopes) == {"bot"}, "the bot needs no user scopes"
-    assert sorted(scopes["bot"]) == sorted(needed) == ["chat:write", "commands"]
+    assert sorted(scopes["bot"]) == sorted(needed) == ["chat:write", "commands", "im:write"]
 
 
 def test_each_scope_says_why_and_chat_write_public_is_declined_on_purpose() -> None:

@@ -446,16 +446,15 @@ def test_the_installed_scopes_are_manifest_ymls(emulator: SlackEmulator) -> None
 def test_a_method_without_its_scope_is_missing_scope(
     emulator: SlackEmulator, client: WebClient
 ) -> None:
-    assert "im:write" not in (emulator.scopes or ())
-    error = refused(lambda: client.conversations_open(users="U1"))
+    emulator.create_channel("C1", invite_bot=True)
+    assert "channels:read" not in (emulator.scopes or ())
+    error = refused(lambda: client.conversations_info(channel="C1"))
     assert error.response["error"] == "missing_scope"
-    assert error.response["needed"] == "im:write"
+    assert error.response["needed"] == "channels:read"
     assert error.response["provided"] == ",".join(sorted(emulator.scopes or ()))
     headers = {k.lower(): v for k, v in error.response.headers.items()}
-    assert headers["x-accepted-oauth-scopes"] in ("im:write", ["im:write"])
+    assert headers["x-accepted-oauth-scopes"] in ("channels:read", ["channels:read"])
 
-    emulator.set_scopes({"chat:write"})
-    emulator.create_channel("C1", invite_bot=True)
     assert client.chat_postMessage(channel="C1", text="x")["ok"]
     emulator.set_scopes({"commands"})
     assert error_of(lambda: client.chat_postMessage(channel="C1", text="x")) == "missing_scope"
@@ -463,16 +462,17 @@ def test_a_method_without_its_scope_is_missing_scope(
 
 def test_a_scope_added_to_the_manifest_is_granted(tmp_path: Path) -> None:
     text = slack_rules.MANIFEST.read_text().replace(
-        "      - chat:write  #", "      - im:write\n      - chat:write  #"
+        "      - chat:write  #", "      - channels:read\n      - chat:write  #"
     )
     manifest = tmp_path / "manifest.yml"
     manifest.write_text(text)
     scopes = slack_rules.manifest_scopes(manifest)
-    assert scopes is not None and "im:write" in scopes
+    assert scopes is not None and "channels:read" in scopes
     emulator = SlackEmulator(scopes=scopes)
+    emulator.create_channel("C1")
     with emulator.serve():
-        opened = WebClient(token=TOKEN, base_url=emulator.api_url()).conversations_open(users="U1")
-    assert opened["channel"]["id"] == "D1"
+        info = WebClient(token=TOKEN, base_url=emulator.api_url()).conversations_info(channel="C1")
+    assert info["channel"]["is_member"] is False
 
 
 def test_the_manifest_reader_without_pyyaml_agrees_with_pyyaml() -> None:
