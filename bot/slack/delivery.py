@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,7 +50,7 @@ from bot.slack.errors import (
     retry_after_seconds,
 )
 from bot.store.interface import OutboxStore
-from bot.store.records import WORKSPACE_EDITS, DeliveryState, PendingNotification
+from bot.store.records import DeliveryState, PendingNotification
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,6 @@ class Delivery:
         idle_seconds: float = 1.0,
         call_timeout: float = SLACK_CALL_TIMEOUT_SECONDS,
         clock: Clock = utcnow,
-        jitter: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.outbox = outbox
@@ -123,7 +121,6 @@ class Delivery:
         self.idle_seconds = idle_seconds
         self.call_timeout = call_timeout
         self.clock = clock
-        self.jitter = jitter
         self.sleep = sleep
         self._in_flight: dict[int, asyncio.Task[CardResult]] = {}
         self._wakeup = asyncio.Event()
@@ -311,11 +308,7 @@ class Delivery:
                 if _later(d.card_retry_at, now):
                     return CardResult(CardOutcome.LATER, d.card_error)
                 ts = await self._post_card(d, new=new)
-            elif (
-                d.card_done < d.card_wanted
-                and not _later(d.card_retry_at, now)
-                and not _later(d.edit_wait_until, now)
-            ):
+            elif d.card_done < d.card_wanted and not _later(d.card_retry_at, now):
                 ts = await self._edit_card(d, ts)
             await self._post_replies(d, ts, now)
         except _Stop as stop:
@@ -352,8 +345,11 @@ class Delivery:
                     extra={"channel": d.channel_id, "token": d.access_token},
                 )
                 return await self._post_card(d)
-            await self._card_failed(d, failed, posting=False)
-            return ts  # an edit that must wait holds back no reply
+            result = await self._card_failed(d, failed, posting=False)
+            if result.outcome is CardOutcome.REFUSED or failed.error.fate is Fate.RATE_LIMITED:
+                # The watch has ended, or the channel must wait: no reply goes now.
+                raise _Stop(result) from failed
+            return ts  # an edit that is backing off holds back no reply
         await asyncio.to_thread(self.outbox.mark_card_done, d.subscription_id, d.card_wanted)
         return ts
 
@@ -456,11 +452,7 @@ class Delivery:
         attempts = d.card_attempts + 1
         if error.fate is Fate.RATE_LIMITED:
             wait = failed.retry_after or 1.0
-            # chat.postMessage is limited per channel; chat.update per workspace.
-            waiting = d.channel_id if posting else WORKSPACE_EDITS
-            await self._wait(d.team_id, waiting, now, wait, failed.method)
-            if not posting:
-                wait *= 1 + 0.5 * self.jitter()  # spread the workspace's edits out again
+            await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
         else:
             wait = _backoff(attempts)
         if attempts >= MAX_ATTEMPTS:

@@ -22,7 +22,6 @@ from bot.store.records import (
     DROPPED,
     PENDING,
     SENT,
-    WORKSPACE_EDITS,
     DeliveryState,
     PendingNotification,
     status_of,
@@ -43,8 +42,7 @@ class Outbox:
         """Lease subscriptions whose channel has something to be told now.
 
         Not leased: a subscription whose channel Slack asked to wait, whose card is
-        backing off (or, for an edit, whose workspace's edits wait), or whose next
-        reply is not due yet.
+        backing off, or whose next reply is not due yet.
         """
         due = (
             select(SubscriptionRow.id)
@@ -136,14 +134,12 @@ class Outbox:
                 )
                 for n in notifications
             ]
-            waits = dict(
-                conn.execute(
-                    select(ChannelWaitRow.channel_id, ChannelWaitRow.not_before).where(
-                        ChannelWaitRow.team_id == sub.team_id,
-                        ChannelWaitRow.channel_id.in_([sub.channel_id, WORKSPACE_EDITS]),
-                    )
-                ).all()
-            )
+            channel_wait = conn.execute(
+                select(ChannelWaitRow.not_before).where(
+                    ChannelWaitRow.team_id == sub.team_id,
+                    ChannelWaitRow.channel_id == sub.channel_id,
+                )
+            ).scalar()
             return DeliveryState(
                 subscription_id=sub.id,
                 team_id=sub.team_id,
@@ -163,8 +159,7 @@ class Outbox:
                 card_attempts=sub.card_attempts,
                 card_retry_at=sub.card_retry_at,
                 card_error=sub.card_error,
-                channel_wait_until=waits.get(sub.channel_id),
-                edit_wait_until=waits.get(WORKSPACE_EDITS),
+                channel_wait_until=channel_wait,
             )
 
     def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:
@@ -204,8 +199,8 @@ class Outbox:
     def wait_channel(
         self, team_id: str, channel_id: str, not_before: datetime, reason: str
     ) -> None:
-        """Slack said wait: nothing goes to this channel (``*``: no card edit in the
-        workspace) before ``not_before``. An earlier wait never shortens a later one."""
+        """Slack said wait: nothing goes to this channel before ``not_before``.
+        An earlier wait never shortens a later one."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(ChannelWaitRow).values(
             team_id=team_id, channel_id=channel_id, not_before=not_before, reason=reason[:200]
@@ -314,16 +309,9 @@ def _deliverable(now: datetime) -> ColumnElement[bool]:
         ChannelWaitRow.channel_id == SubscriptionRow.channel_id,
         ChannelWaitRow.not_before > now,
     )
-    edits_wait = exists().where(
-        ChannelWaitRow.team_id == SubscriptionRow.team_id,
-        ChannelWaitRow.channel_id == WORKSPACE_EDITS,
-        ChannelWaitRow.not_before > now,
-    )
     card_due = and_(
         SubscriptionRow.card_done < SubscriptionRow.card_wanted,
         or_(SubscriptionRow.card_retry_at.is_(None), SubscriptionRow.card_retry_at <= now),
-        # A first post is not an edit: the workspace's edit limit does not hold it back.
-        or_(SubscriptionRow.tracking_ts.is_(None), ~edits_wait),
     )
     reply_due = and_(
         # Replies hang off the card: none before it is posted.

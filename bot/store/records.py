@@ -20,8 +20,6 @@ NEXT_POLL_TOLERANCE_SECONDS = 1.0
 # Subscription states.
 ACTIVE = "active"
 ENDED = "ended"
-# In ``channel_waits``: the row that holds back card edits in a whole workspace.
-WORKSPACE_EDITS = "*"
 # Notification states.
 PENDING = "pending"
 SENT = "sent"
@@ -119,9 +117,8 @@ class DeliveryState:
     card_attempts: int = 0
     card_retry_at: datetime | None = None
     card_error: str | None = None
-    #: Slack's "not before" for this channel (any call), and for card edits in the workspace.
+    #: Slack's "not before" for this channel: no card and no reply goes before it.
     channel_wait_until: datetime | None = None
-    edit_wait_until: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,8 @@ class NotificationRow(Base):
 class ChannelWaitRow(Base):
     """Slack asked the bot to wait (HTTP 429, Retry-After) before its next call here.
 
-    Keyed by workspace and channel: chat.postMessage is limited per channel, so a
-    rate-limited channel holds back only its own cards and replies. The channel
-    ``*`` stands for card edits in the whole workspace (chat.update is limited per
-    workspace). A row, not memory, so every replica honours it.
+    Keyed by workspace and channel: a rate-limited channel holds back its own cards
+    and replies, and nothing else. A row, not memory, so every replica honours it.
     """
 
     __tablename__ = "channel_waits"

@@ -173,7 +173,6 @@ class World:
             owner,
             lease_seconds=self.delivery.lease_seconds,
             clock=self.clock,
-            jitter=lambda: 0.0,
         )
 
 
@@ -190,7 +189,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         "A",
         lease_seconds=10,
         clock=clock,
-        jitter=lambda: 0.0,
     )
     yield World(engine, store, clock, slack, delivery)
     engine.dispose()
@@ -407,31 +405,36 @@ async def test_retry_after_30_on_chat_update_gives_at_most_2_calls_in_10_s(
 ) -> None:
     sid = watch(world)
     want_card_edit(world, sid)
+    add_events(world, sid, Status.QUEUED)
     world.slack.fail("chat.update", "ratelimited", status=429, retry_after="30")
 
     await run_for(world, 10)
     assert len(world.slack.of("chat.update")) <= 2
-    # The edit waits; the channel's replies do not (chat.update is limited per workspace).
-    add_events(world, sid, Status.QUEUED)
-    await run_for(world, 1)
+    # The channel waits, for its replies too; then the edit and the reply go, in that order.
+    assert notification_states(world, sid) == ["pending"]
+    world.slack.heal()
+    await run_for(world, 21)
+    assert [c.method for c in world.slack.calls] == [
+        "chat.update",
+        "chat.update",
+        "chat.postMessage",
+    ]
+    assert world.slack.calls[1].at == 30
     assert notification_states(world, sid) == ["sent"]
-    assert len(world.slack.of("chat.update")) == 1
 
 
-async def test_a_workspace_edit_wait_holds_back_every_channels_card_edits(world: World) -> None:
+async def test_a_card_edit_limited_in_one_channel_holds_back_no_other_channel(
+    world: World,
+) -> None:
     subs = [watch(world, f"C{n}") for n in range(3)]
     for sid in subs:
         want_card_edit(world, sid)
+        add_events(world, sid, Status.QUEUED)
     world.slack.fail("chat.update", "ratelimited", channel="C0", status=429, retry_after="20")
-    await world.delivery.deliver_due()
-    edits = len(world.slack.of("chat.update"))
-    assert edits <= 3  # those already on their way when the first 429 came back
 
-    world.slack.heal()
-    await run_for(world, 19)
-    assert len(world.slack.of("chat.update")) == edits
-    await run_for(world, 12)
-    assert all(subscription(world, sid)["card_done"] == 2 for sid in subs)
+    await world.delivery.deliver_due()
+    assert [subscription(world, sid)["card_done"] for sid in subs] == [1, 2, 2]
+    assert [notification_states(world, sid) for sid in subs] == [["pending"], ["sent"], ["sent"]]
 
 
 # --------------------------------------------------------------------------- transient errors
@@ -550,6 +553,18 @@ async def test_each_permanent_card_error_makes_at_most_3_calls_in_30_s_and_ends_
             assert len(tried) <= 3, (code, [(c.at, c.method) for c in tried])
             row = subscription(world, sid)
             assert (row["state"], row["ended_reason"]) == ("ended", f"Slack: {code}"), code
+
+
+async def test_a_card_edit_that_ends_the_watch_sends_no_reply_after_it(world: World) -> None:
+    sid = watch(world)
+    want_card_edit(world, sid)
+    add_events(world, sid, Status.QUEUED)
+    world.slack.fail("chat.update", "restricted_action")
+
+    await run_for(world, 5)
+    assert subscription(world, sid)["state"] == "ended"
+    assert [c for c in world.slack.of("chat.postMessage") if "thread_ts" in c.args] == []
+    assert notification_states(world, sid) == ["dropped"]
 
 
 async def test_a_reply_slack_will_never_accept_is_dropped_and_the_next_goes(world: World) -> None:
