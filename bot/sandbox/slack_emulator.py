@@ -44,6 +44,7 @@ from starlette.routing import Route
 from bot.sandbox import slack_rules
 from bot.sandbox.block_kit import MAX_TEXT_UTF16, block_problems, fallback_warnings, utf16_len
 from bot.sandbox.devserver import ServerThread
+from bot.sandbox.slack_socket_mode import SocketModeServer
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -514,6 +515,7 @@ class SlackEmulator:
         self._buckets = slack_rules.Buckets(clock)
         self._lock = threading.Lock()
         self._url: str | None = None
+        self._socket_mode: SocketModeServer | None = None
         self._identities: dict[str, _Identity] = {}
         self._revoked: set[str] = set()
         self._response_ids = itertools.count(1)
@@ -609,6 +611,18 @@ class SlackEmulator:
                 bot_id=bot_id or f"B{len(self._identities) + 1:04d}",
             )
             self._revoked.discard(token)
+
+    def attach_socket_mode(self, server: SocketModeServer) -> None:
+        """Answer ``apps.connections.open`` with ``server``'s ws:// URL (Socket Mode).
+
+        The app-level tokens are ``server``'s; the bot tokens here are refused there
+        with ``not_allowed_token_type``, as Slack refuses them.
+        """
+        with self._lock:
+            self._socket_mode = server
+            tokens = list(self._identities)
+        for token in tokens:
+            server.add_bot_token(token)
 
     def revoke_token(self, token: str) -> None:
         """Every later call with ``token`` fails with ``token_revoked``."""
@@ -847,6 +861,10 @@ class SlackEmulator:
     ) -> _Outcome:
         """Answer one Web API call and record it; runs with the lock held, never awaits."""
         outcome = self._answer(method, token, params)
+        self._record(method, params, outcome, arrived)
+        return outcome
+
+    def _record(self, method: str, params: JSON | None, outcome: _Outcome, arrived: float) -> None:
         error = outcome.body.get("error")
         warnings = (outcome.body.get("response_metadata") or {}).get("warnings") or ()
         self._requests.append(
@@ -860,7 +878,6 @@ class SlackEmulator:
                 warnings=tuple(warnings) if outcome.body.get("ok") else (),
             )
         )
-        return outcome
 
     def _answer(self, method: str, token: str | None, params: JSON | None) -> _Outcome:
         handler = self._methods.get(method)
@@ -1226,6 +1243,14 @@ class SlackEmulator:
             params = None
         arrived = time.monotonic()
         token = _bearer(request.headers.get("authorization"))
+        socket_mode = self._socket_mode
+        if method == "apps.connections.open" and socket_mode is not None:
+            # Socket Mode's own server answers, with a ws:// URL to itself. Outside the
+            # lock: that server has a lock of its own.
+            answer = socket_mode.apps_connections_open(token)
+            with self._lock:
+                self._record(method, {}, _Outcome(answer.body, answer.status_code), arrived)
+            return JSONResponse(answer.body, answer.status_code, answer.headers)
         if params is not None:
             body_token = params.pop("token", None)  # Slack also takes the token as an argument
             if token is None and isinstance(body_token, str) and body_token:
@@ -1474,6 +1499,107 @@ class SlackUser:
         """Deliver an Events API event (``overrides`` go to ``event_body``)."""
         overrides.setdefault("team_id", self.team_id)
         return self.send(event_body(event, **overrides), "application/json")
+
+    def wait_response(self, result: CommandResult, timeout: float = 5) -> JSON:
+        """The first body the bot posted to the result's response_url, waiting if needed."""
+        if result.response_url is None:
+            raise ValueError("this request had no response_url")
+        url = result.response_url
+
+        def first() -> JSON | None:
+            posts = self.emulator.responses(url)
+            return posts[0] if posts else None
+
+        return wait_for(first, timeout, description=f"a post to {url}")
+
+
+# --------------------------------------------------------------------------- in Socket Mode
+
+
+class SocketModeUser:
+    """Someone in Slack whose commands, clicks and events reach the bot over Socket Mode.
+
+    The same calls as ``SlackUser``, but each request goes as an envelope on the bot's
+    WebSocket (``server``) and its acknowledgement comes back on it: within 3 s, or the
+    user sees ``dispatch_failed``. Answers sent to the response_url land in ``emulator``.
+    """
+
+    def __init__(
+        self,
+        server: SocketModeServer,
+        emulator: SlackEmulator,
+        team_id: str = DEFAULT_TEAM_ID,
+        channel_id: str = "C0001",
+        user_id: str = "U0001",
+    ) -> None:
+        self.server = server
+        self.emulator = emulator
+        self.team_id = team_id
+        self.channel_id = channel_id
+        self.user_id = user_id
+
+    def __enter__(self) -> SocketModeUser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _settle(self, envelope_id: str, response_url: str | None) -> CommandResult:
+        envelope = self.server.wait_outcome(envelope_id, timeout=ACK_DEADLINE_SECONDS + 2)
+        ack = envelope.ack
+        if envelope.outcome != "acked" or ack is None:
+            result = CommandResult(0, ACK_DEADLINE_SECONDS, None, response_url, DISPATCH_FAILED)
+            self.emulator._record_dispatch_failure(result)
+            return result
+        error, problems = _ack_problems(ack.seconds, ack.payload)
+        return CommandResult(200, ack.seconds, ack.payload, response_url, error, tuple(problems))
+
+    def command(self, text: str, **overrides: Any) -> CommandResult:
+        """Send ``/import-status text`` (``overrides``: channel_id, user_id, team_id...)."""
+        fields: JSON = {
+            "team_id": self.team_id,
+            "channel_id": self.channel_id,
+            "user_id": self.user_id,
+            **overrides,
+        }
+        self.emulator.ensure_channel(fields["channel_id"], member=fields["user_id"])
+        response_url = fields.pop("response_url", None) or self.emulator.new_response_url(
+            channel=fields["channel_id"], user=fields["user_id"]
+        )
+        envelope_id = self.server.push_command(text, response_url=response_url, **fields)
+        return self._settle(envelope_id, response_url)
+
+    def click(self, action_id: str, value: str, message_ts: str, **overrides: Any) -> CommandResult:
+        """Click a button on the message at ``message_ts`` (the stored message goes along)."""
+        fields: JSON = {
+            "team_id": self.team_id,
+            "channel_id": self.channel_id,
+            "user_id": self.user_id,
+            **overrides,
+        }
+        channel = fields["channel_id"]
+        self.emulator.ensure_channel(channel, member=fields["user_id"])
+        stored = self.emulator.message(channel, message_ts)
+        if stored is not None and "message" not in fields:
+            fields["message"] = {
+                "type": "message",
+                "ts": stored.ts,
+                "text": stored.text,
+                "blocks": stored.blocks,
+                "user": stored.user,
+            }
+        response_url = self.emulator.new_response_url(
+            channel=channel, message_ts=message_ts, user=fields["user_id"]
+        )
+        envelope_id = self.server.push_block_action(
+            action_id, value, message_ts=message_ts, response_url=response_url, **fields
+        )
+        return self._settle(envelope_id, response_url)
+
+    def event(self, event: JSON, **overrides: Any) -> CommandResult:
+        """Deliver an Events API event (``overrides`` go to ``event_callback_payload``)."""
+        overrides.setdefault("team_id", self.team_id)
+        return self._settle(self.server.push_event(event, **overrides), None)
 
     def wait_response(self, result: CommandResult, timeout: float = 5) -> JSON:
         """The first body the bot posted to the result's response_url, waiting if needed."""
