@@ -540,6 +540,12 @@ class SlackEmulator:
                 Route("/_emulator/requests", self._http_requests, methods=["GET"]),
                 Route("/_emulator/errors", self._http_errors, methods=["POST", "DELETE"]),
                 Route("/_emulator/channels/{channel}", self._http_channel, methods=["PUT"]),
+                Route(
+                    "/_emulator/channels/{channel}",
+                    self._http_create_channel,
+                    methods=["POST"],
+                ),
+                Route("/_emulator/channels/{channel}/invite", self._http_invite, methods=["POST"]),
                 Route("/_emulator/responses/{rid}", self._http_responses, methods=["GET"]),
                 Route("/_emulator/response_urls", self._http_new_response_url, methods=["POST"]),
                 Route("/_emulator/latency", self._http_latency, methods=["PUT"]),
@@ -1320,6 +1326,25 @@ class SlackEmulator:
         except (ValueError, AttributeError):
             return JSONResponse({"ok": False, "error": 'expected {"error": ...}'}, 400)
         self.set_channel_state(request.path_params["channel"], error)
+        return JSONResponse({"ok": True})
+
+    async def _http_create_channel(self, request: Request) -> Response:
+        """``{"kind": "public"|"private"|"im", "members": [...], "invite_bot": bool}``."""
+        body = await request.body()
+        try:
+            spec = json.loads(body) if body else {}
+            channel = self.create_channel(
+                request.path_params["channel"],
+                str(spec.get("kind", "public")),
+                members=list(spec.get("members", [])),
+                invite_bot=bool(spec.get("invite_bot", False)),
+            )
+        except (ValueError, TypeError, AttributeError) as e:
+            return JSONResponse({"ok": False, "error": str(e)}, 400)
+        return JSONResponse({"ok": True, "channel": channel.to_json()})
+
+    async def _http_invite(self, request: Request) -> Response:
+        self.invite_bot(request.path_params["channel"])
         return JSONResponse({"ok": True})
 
     async def _http_responses(self, request: Request) -> Response:

@@ -175,6 +175,20 @@ def test_an_ephemeral_needs_the_user_in_the_channel(
     )
 
 
+def test_channels_can_be_made_and_the_bot_invited_over_http(
+    emulator: SlackEmulator, client: WebClient
+) -> None:
+    base = emulator.url + "_emulator/channels/"
+    made = httpx.post(base + "G7", json={"kind": "private", "members": ["U1"]})
+    assert made.json()["channel"]["is_private"] is True
+    assert httpx.post(base + "G8", json={"kind": "nonsense"}).status_code == 400
+    assert error_of(lambda: client.chat_postMessage(channel="G7", text="x")) == (
+        "channel_not_found"
+    )
+    httpx.post(base + "G7/invite")
+    assert client.chat_postMessage(channel="G7", text="x")["ok"]
+
+
 def test_a_command_makes_its_channel_known_without_inviting_the_bot(
     emulator: SlackEmulator,
 ) -> None:
