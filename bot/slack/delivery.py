@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -127,6 +128,12 @@ class Delivery:
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
         self._swept_at: datetime | None = None
+        # Lease renewals get a thread of their own: queued behind the other database
+        # work of a busy replica, a renewal could come too late and let another
+        # replica send the same message.
+        self._renewals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease-renewal")
+        # When each lease this replica holds ends, as far as it knows.
+        self._held: dict[int, datetime] = {}
 
     # ------------------------------------------------------------------ running
 
@@ -155,6 +162,7 @@ class Delivery:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+        self._renewals.shutdown(wait=False)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -172,9 +180,11 @@ class Delivery:
         free = self.concurrency - len(self._in_flight)
         if free <= 0 or self._stopping:
             return []
+        now = self.clock()
         ids = await asyncio.to_thread(
-            self.outbox.claim_deliveries, self.owner, self.clock(), free, self.lease_seconds
+            self.outbox.claim_deliveries, self.owner, now, free, self.lease_seconds
         )
+        until = now + timedelta(seconds=self.lease_seconds)
         started: list[int] = []
         for subscription_id in ids:
             if subscription_id in self._in_flight or subscription_id in skip:
@@ -183,6 +193,7 @@ class Delivery:
                     self.outbox.release_subscription, subscription_id, self.owner
                 )
                 continue
+            self._held[subscription_id] = until
             task = asyncio.ensure_future(self._run_leased(subscription_id))
             self._in_flight[subscription_id] = task
             task.add_done_callback(functools.partial(self._finished, subscription_id))
@@ -224,32 +235,37 @@ class Delivery:
 
     async def deliver_now(self, subscription_id: int) -> CardResult:
         """Bring one subscription's channel up to date now (unwatch edits its card)."""
+        now = self.clock()
         leased = await asyncio.to_thread(
-            self.outbox.claim_subscription,
-            subscription_id,
-            self.owner,
-            self.clock(),
-            self.lease_seconds,
+            self.outbox.claim_subscription, subscription_id, self.owner, now, self.lease_seconds
         )
         if not leased:
             # Being delivered right now (here or by another replica): it will see the change.
             return CardResult(CardOutcome.LATER)
+        self._held[subscription_id] = now + timedelta(seconds=self.lease_seconds)
         return await self._run_leased(subscription_id)
 
     async def _run_leased(self, subscription_id: int, *, new: bool = False) -> CardResult:
         result = CardResult(CardOutcome.LATER)
         try:
-            delivery = await asyncio.to_thread(self.outbox.delivery, subscription_id)
-            if delivery is not None:
-                result = await self._holding(subscription_id, self._deliver(delivery, new=new))
+            result = await self._holding(
+                subscription_id, self._load_and_deliver(subscription_id, new)
+            )
         except Exception:
             log.exception("delivery failed", extra={"subscription": subscription_id})
         finally:
+            self._held.pop(subscription_id, None)
             if not (new and result.outcome is CardOutcome.REFUSED):
                 await asyncio.to_thread(
                     self.outbox.release_subscription, subscription_id, self.owner
                 )
         return result
+
+    async def _load_and_deliver(self, subscription_id: int, new: bool) -> CardResult:
+        delivery = await asyncio.to_thread(self.outbox.delivery, subscription_id)
+        if delivery is None:
+            return CardResult(CardOutcome.LATER)
+        return await self._deliver(delivery, new=new)
 
     async def _holding(
         self, subscription_id: int, work: Coroutine[Any, Any, CardResult]
@@ -280,15 +296,37 @@ class Delivery:
         """Every third of a lease, extend it; return when it cannot be extended."""
         while True:
             await self.sleep(self.lease_seconds / 3)
-            renewed = await asyncio.to_thread(
-                self.outbox.renew_lease,
-                subscription_id,
-                self.owner,
-                self.clock(),
-                self.lease_seconds,
-            )
-            if not renewed:
+            if not await self._extend(subscription_id):
                 return
+
+    async def _extend(self, subscription_id: int) -> bool:
+        """Extend one lease now; False when another replica holds it."""
+        now = self.clock()
+        renewed = await asyncio.get_running_loop().run_in_executor(
+            self._renewals,
+            self.outbox.renew_lease,
+            subscription_id,
+            self.owner,
+            now,
+            self.lease_seconds,
+        )
+        if renewed:
+            self._held[subscription_id] = now + timedelta(seconds=self.lease_seconds)
+        return bool(renewed)
+
+    async def _still_held(self, d: DeliveryState) -> None:
+        """Before each call to Slack: is the lease surely ours for a while? Else renew
+        it first, and stop if another replica has it (it may be sending the same)."""
+        until = self._held.get(d.subscription_id)
+        margin = timedelta(seconds=self.lease_seconds / 3)
+        if until is not None and until - self.clock() > margin:
+            return
+        if not await self._extend(d.subscription_id):
+            log.warning(
+                "lost a delivery lease before sending; stopped",
+                extra={"subscription": d.subscription_id},
+            )
+            raise _Stop(CardResult(CardOutcome.LATER))
 
     # ------------------------------------------------------------------ one subscription
 
@@ -317,6 +355,7 @@ class Delivery:
 
     async def _post_card(self, d: DeliveryState, *, new: bool = False) -> str:
         card = self._card(d)
+        await self._still_held(d)
         try:
             response = await self._call(
                 "chat_postMessage", channel=d.channel_id, **card.as_kwargs(), **POST_FLAGS
@@ -333,6 +372,7 @@ class Delivery:
     async def _edit_card(self, d: DeliveryState, ts: str) -> str:
         """Edit the card; a card that is gone is posted afresh. Returns the card's ts."""
         card = self._card(d)
+        await self._still_held(d)
         try:
             await self._call(
                 "chat_update", channel=d.channel_id, ts=ts, **card.as_kwargs(), **UPDATE_FLAGS
@@ -360,6 +400,7 @@ class Delivery:
             message = render.event_message(
                 notification.event, notification.snapshot, d.subscribed_by, now
             )
+            await self._still_held(d)
             try:
                 response = await self._call(
                     "chat_postMessage",

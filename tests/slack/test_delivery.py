@@ -751,6 +751,24 @@ async def test_a_replica_that_lost_its_lease_stops_sending(
     assert "lost a delivery lease while sending" in caplog.text
 
 
+async def test_a_holder_whose_lease_lapsed_checks_before_sending_again(world: World) -> None:
+    sid = watch(world)
+    add_events(world, sid, Status.QUEUED, Status.PROCESSING)
+    world.slack.block = asyncio.Event()  # the first reply takes a long time
+    delivering = asyncio.ensure_future(world.delivery.deliver_due())
+    await asyncio.sleep(0.05)
+    # Long after the lease ended (the heartbeat did not run: a frozen process),
+    # another replica took the subscription over.
+    world.clock.advance(60)
+    with world.engine.begin() as conn:
+        conn.execute(update(SubscriptionRow).values(lease_owner="B"))
+    world.slack.block.set()
+    await delivering
+
+    assert len(world.slack.of("chat.postMessage")) == 1, "the second reply is B's to send"
+    assert notification_states(world, sid) == ["sent", "pending"]
+
+
 # --------------------------------------------------------------------------- the table
 
 
