@@ -11,7 +11,8 @@ holds up only itself. Nothing sleeps in place: when Slack says "wait"
 (HTTP 429, Retry-After) the wait is stored for that (workspace, channel) and
 the subscription is simply not leased again before it ends. Every Slack error
 has a fate (``bot/slack/errors.py``): transient ones back off exponentially,
-cards included, and are given up after ``MAX_ATTEMPTS``; permanent ones end the
+cards included, and are given up after ``MAX_ATTEMPTS`` (a rate-limited message
+after ``MAX_RATE_LIMITED_ATTEMPTS``, each after Retry-After); permanent ones end the
 subscription with one log line and a metric, and tell whoever subscribed when
 they can fix it and Slack still lets the bot speak.
 
@@ -55,8 +56,11 @@ from bot.store.records import DeliveryState, PendingNotification
 
 log = logging.getLogger(__name__)
 
-# Failed tries of one message (a reply, or the card) before it is given up.
+# Failed tries of one message (a reply, or the card) before it is given up: errors
+# after MAX_ATTEMPTS; rate limits (contention in a busy channel, not a fault of the
+# message, each answered after Slack's Retry-After) only after MAX_RATE_LIMITED_ATTEMPTS.
 MAX_ATTEMPTS = 8
+MAX_RATE_LIMITED_ATTEMPTS = 100
 FIRST_BACKOFF_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 600.0
 # One Slack call may take this long before it counts as failed (transient).
@@ -496,7 +500,7 @@ class Delivery:
             await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
         else:
             wait = _backoff(attempts)
-        if attempts >= MAX_ATTEMPTS:
+        if attempts >= _attempt_limit(error):
             if posting:
                 await self._end(d, failed, gave_up=attempts)
                 return CardResult(CardOutcome.REFUSED, failed.detail, None)
@@ -538,7 +542,7 @@ class Delivery:
             await asyncio.to_thread(self.outbox.drop_notification, notification.id, failed.detail)
             return True
         attempts = notification.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
+        if attempts >= _attempt_limit(error):
             self._drop(notification, failed.detail, f"after {attempts} attempts")
             await asyncio.to_thread(self.outbox.drop_notification, notification.id, failed.detail)
             return False
@@ -629,6 +633,10 @@ class Delivery:
             await self._call("chat_postMessage", channel=dm, text=text, **POST_FLAGS)
         except _Failed as failed:
             log.debug("could not tell the subscriber (%s)", failed.detail)
+
+
+def _attempt_limit(error: SlackError) -> int:
+    return MAX_RATE_LIMITED_ATTEMPTS if error.fate is Fate.RATE_LIMITED else MAX_ATTEMPTS
 
 
 def _later(when: datetime | None, now: datetime) -> bool:

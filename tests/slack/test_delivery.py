@@ -24,7 +24,12 @@ from sqlalchemy import Engine, select, update
 from bot.domain.events import Event, EventKind
 from bot.domain.status import ImportStatus, Status
 from bot.service import CardOutcome
-from bot.slack.delivery import MAX_ATTEMPTS, MAX_LEASE_SECONDS, Delivery
+from bot.slack.delivery import (
+    MAX_ATTEMPTS,
+    MAX_LEASE_SECONDS,
+    MAX_RATE_LIMITED_ATTEMPTS,
+    Delivery,
+)
 from bot.slack.errors import (
     INVITE_HINT,
     MAX_RETRY_AFTER_SECONDS,
@@ -497,6 +502,28 @@ async def test_a_reply_is_given_up_after_the_attempt_limit_and_the_next_one_goes
     assert notification_states(world, sid) == ["dropped", "sent"]
 
 
+async def test_a_busy_channel_rate_limits_a_reply_many_times_without_losing_it(
+    world: World,
+) -> None:
+    sid = watch(world)
+    add_events(world, sid, Status.QUEUED)
+    world.slack.fail("chat.postMessage", "ratelimited", status=429, retry_after="1", times=20)
+
+    await run_for(world, 30, step=0.5)
+    assert len(world.slack.of("chat.postMessage")) == 21
+    assert notification_states(world, sid) == ["sent"], "contention is not the message's fault"
+
+
+async def test_even_a_rate_limited_reply_is_given_up_in_the_end(world: World) -> None:
+    sid = watch(world)
+    add_events(world, sid, Status.QUEUED)
+    world.slack.fail("chat.postMessage", "ratelimited", status=429, retry_after="5")
+
+    await run_for(world, 5 * MAX_RATE_LIMITED_ATTEMPTS + 10, step=5)
+    assert len(world.slack.of("chat.postMessage")) == MAX_RATE_LIMITED_ATTEMPTS
+    assert notification_states(world, sid) == ["dropped"]
+
+
 async def test_the_thread_keeps_its_order_when_a_reply_must_wait(world: World) -> None:
     sid = watch(world)
     add_events(world, sid, Status.QUEUED, Status.PROCESSING, Status.COMPLETED)
@@ -737,7 +764,9 @@ async def test_a_replica_that_lost_its_lease_stops_sending(
     world.slack.block = asyncio.Event()  # the first reply hangs
 
     async def long_pause(seconds: float) -> None:
-        # Meanwhile another replica took the subscription over (as after a long pause).
+        while not world.slack.calls:  # the first reply is on its way...
+            await asyncio.sleep(0.01)
+        # ...when another replica takes the subscription over (as after a long pause).
         world.clock.advance(seconds)
         with world.engine.begin() as conn:
             conn.execute(update(SubscriptionRow).values(lease_owner="B"))
