@@ -239,8 +239,13 @@ def watch_answer(token: int, outcome: WatchOutcome) -> str:
         )
     after = "I will post in its thread when it moves, finishes, fails or is about to expire."
     if card is not None and card.outcome is CardOutcome.LATER:
+        why = (
+            "Slack asked me to slow down"
+            if card.error in (None, "ratelimited")
+            else f"Slack did not take it just now ({card.error})"
+        )
         return (
-            f"Watching import {token} in this channel. Slack asked me to wait, so its "
-            f"tracking card will appear shortly; {after}"
+            f"Watching import {token} in this channel. {why}, so its tracking card "
+            f"will appear shortly; {after}"
         )
     return f"Watching import {token} in this channel: its tracking card is posted, and {after}"
