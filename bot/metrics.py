@@ -52,6 +52,12 @@ class Metrics:
             "Times Slack answered ratelimited",
             registry=self.registry,
         )
+        self.slack_errors = Counter(
+            "import_status_slack_errors",
+            "Slack Web API errors met while delivering, by error code and fate",
+            ["error", "fate"],
+            registry=self.registry,
+        )
         self.commands = Counter(
             "import_status_commands", "Slash commands by verb", ["verb"], registry=self.registry
         )

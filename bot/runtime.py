@@ -50,7 +50,11 @@ class Runtime:
         )
         self.slack = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
         self.delivery = Delivery(
-            self.store.outbox, self.slack, self.owner, lease_seconds=settings.lease_seconds
+            self.store.outbox,
+            self.slack,
+            self.owner,
+            lease_seconds=settings.lease_seconds,
+            idle_seconds=settings.tick_seconds,
         )
         self.poller = Poller(settings, self.store.polls, self.api, self.delivery, self.owner)
         self.digest = DigestJob(
@@ -68,9 +72,7 @@ class Runtime:
             digest_seconds=settings.digest_check_seconds,
         )
         self.access = AccessControl(settings)
-        self.service = ImportService(
-            settings, self.store.subscriptions, self.api, self.delivery.deliver_now
-        )
+        self.service = ImportService(settings, self.store.subscriptions, self.api, self.delivery)
         self.app = build_app(
             client=self.slack,
             signing_secret=None if socket_mode else settings.slack_signing_secret,
@@ -89,6 +91,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.jobs.start()
+        self.delivery.start()
         if self.socket_mode:
             self.socket_handler = AsyncSocketModeHandler(
                 self.app, str(self.settings.slack_app_token)
@@ -124,6 +127,7 @@ class Runtime:
         if self.socket_handler is not None:
             await self.socket_handler.close_async()
         await self.jobs.stop(timeout=max(1.0, min(8.0, self.settings.lease_seconds)))
+        await self.delivery.stop(timeout=2.0)
         await asyncio.to_thread(self.store.release_leases, self.owner)
         await self.api.aclose()
         self.engine.dispose()

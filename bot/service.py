@@ -1,8 +1,9 @@
 """What the commands and buttons do, independent of how Slack delivered them.
 
 Lookups go to the API; watching stores a subscription after the API has
-confirmed the import exists; delivery (``deliver_now``) then posts the
-tracking card.
+confirmed the import exists, then has delivery post the tracking card right
+away and says what became of it: posted, coming shortly (Slack asked to
+wait), or refused, in which case nothing is kept.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from bot.clock import Clock, utcnow
 from bot.config import Settings
@@ -30,12 +31,48 @@ class WatchResult(Enum):
     STARTED = "started"
     ALREADY = "already"
     FINISHED = "finished"  # Completed or Failed already: shown, not watched
+    REFUSED = "refused"  # Slack refused the tracking card: nothing kept
+
+
+class CardOutcome(Enum):
+    """What became of a tracking card delivery was asked to post (or edit) now."""
+
+    POSTED = "posted"  # the channel shows it
+    LATER = "later"  # Slack asked to wait or failed for now: delivery tries again shortly
+    REFUSED = "refused"  # Slack will never take it here: ``CardResult.error`` says why
+
+
+@dataclass(frozen=True)
+class CardResult:
+    outcome: CardOutcome
+    #: Slack's error code, when refused or delayed by an error.
+    error: str | None = None
+    #: What the person watching can do about a refusal, in their words (None: nothing).
+    hint: str | None = None
+
+
+class CardDelivery(Protocol):
+    """What the service asks of delivery (``bot.slack.delivery.Delivery``)."""
+
+    #: The replica's name in leases, and how long a lease lasts.
+    owner: str
+    lease_seconds: float
+
+    async def deliver_new(self, subscription_id: int) -> CardResult:
+        """Post the card of a subscription just created (and leased to ``owner``)."""
+        ...
+
+    async def deliver_now(self, subscription_id: int) -> CardResult:
+        """Bring one subscription's channel up to date now (e.g. after unwatch)."""
+        ...
 
 
 @dataclass(frozen=True)
 class WatchOutcome:
     result: WatchResult
     status: ImportStatus
+    #: What became of the tracking card (STARTED and REFUSED only).
+    card: CardResult | None = None
 
 
 class ImportService:
@@ -44,14 +81,14 @@ class ImportService:
         settings: Settings,
         subscriptions: SubscriptionStore,
         api: MyPreferencesClient,
-        deliver_now: Callable[[int], Awaitable[None]],
+        cards: CardDelivery,
         clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self.subscriptions = subscriptions
         self.api = api
-        #: Brings one subscription's channel up to date now (posts the card).
-        self.deliver_now = deliver_now
+        #: Posts tracking cards now (delivery).
+        self.cards = cards
         self.clock = clock
         self.schedule = settings.schedule()
         self.retry = RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
@@ -63,7 +100,11 @@ class ImportService:
     async def watch(
         self, *, team_id: str, channel_id: str, user_id: str, access_token: int
     ) -> WatchOutcome:
-        """Subscribe the channel after the API confirmed the import; nothing stored on error."""
+        """Subscribe the channel after the API confirmed the import, and post its card.
+
+        Nothing is stored when the API refuses the token, nor when Slack refuses
+        the card (the bot is not in the channel, a policy forbids it...).
+        """
         status = await self.lookup(access_token)
         if status.status.is_terminal:
             return WatchOutcome(WatchResult.FINISHED, status)
@@ -87,15 +128,22 @@ class ImportService:
             user_id=user_id,
             now=now,
             next_poll_at=first_poll,
+            # Leased to this replica's delivery, so that the card is posted here, now.
+            lease_owner=self.cards.owner,
+            lease_seconds=self.cards.lease_seconds,
         )
         if not subscribed.created:
             return WatchOutcome(WatchResult.ALREADY, status)
-        log.info(
-            "watch started",
-            extra={"team": team_id, "channel": channel_id, "token": access_token, "user": user_id},
-        )
-        await self.deliver_now(subscribed.subscription_id)
-        return WatchOutcome(WatchResult.STARTED, status)
+        where = {"team": team_id, "channel": channel_id, "token": access_token, "user": user_id}
+        card = await self.cards.deliver_new(subscribed.subscription_id)
+        if card.outcome is CardOutcome.REFUSED:
+            await asyncio.to_thread(self.subscriptions.forget, subscribed.subscription_id)
+            log.info("watch refused: Slack said %s; nothing kept", card.error, extra=where)
+            return WatchOutcome(WatchResult.REFUSED, status, card)
+        log.info("watch started", extra=where)
+        if card.outcome is not CardOutcome.POSTED:
+            log.info("the tracking card will follow (Slack said %s)", card.error, extra=where)
+        return WatchOutcome(WatchResult.STARTED, status, card)
 
     async def unwatch(
         self, *, team_id: str, channel_id: str, user_id: str, access_token: int
@@ -116,7 +164,7 @@ class ImportService:
             "watch ended",
             extra={"team": team_id, "channel": channel_id, "token": access_token, "user": user_id},
         )
-        await self.deliver_now(ended)
+        await self.cards.deliver_now(ended)
         return True
 
     async def watches(self, team_id: str, channel_id: str) -> list[Watch]:

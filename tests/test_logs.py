@@ -226,6 +226,7 @@ def _exercise(harness: Harness, user: SlackUser, token: int, channel: str) -> li
     pasted = _answer(user, f"{AUTHORIZATION} {SIGNING_SECRET}")
     assert "Usage" in pasted and SIGNING_SECRET not in pasted
     # A watch, a transition posted in the thread, a Slack failure on the way.
+    emulator.invite_bot(channel)
     assert "Watching import" in _answer(user, f"watch {token}", channel_id=channel)
     card = emulator.wait_for_message(channel, "Leak check", timeout=10)
     emulator.inject_error("chat.postMessage", "internal_error", channel=channel, times=1)

@@ -51,6 +51,7 @@ SCOPE_OF_METHOD: dict[str, str | None] = {
     "chat_getPermalink": None,
     "views_open": None,
     "views_publish": None,
+    "conversations_open": "im:write",
 }
 #: Events Slack sends without any scope being granted.
 SCOPELESS_EVENTS = {"app_home_opened", "app_uninstalled", "tokens_revoked"}
@@ -359,7 +360,7 @@ def test_scopes_are_exactly_what_the_code_needs(
     assert _names(registered, "event") <= SCOPELESS_EVENTS
     scopes = manifest["oauth_config"]["scopes"]
     assert set(scopes) == {"bot"}, "the bot needs no user scopes"
-    assert sorted(scopes["bot"]) == sorted(needed) == ["chat:write", "commands"]
+    assert sorted(scopes["bot"]) == sorted(needed) == ["chat:write", "commands", "im:write"]
 
 
 def test_the_home_tab_is_enabled_for_the_app_home_opened_listener(

@@ -616,6 +616,14 @@ class Story:
         """Every problem with the story as told; empty when it is complete."""
         counts = count_notifications(self.harness.emulator.all_messages())
         results = list(self.checks)
+        calls = self.harness.emulator.requests
+        limited = sum(1 for call in calls if call.status_code == 429)
+        results.append(
+            (
+                f"Slack's rate limits were kept ({len(calls)} Web API calls, {limited} refused)",
+                limited == 0,
+            )
+        )
         for key in expected_notifications():
             n = counts[key]
             suffix = "" if n == 1 else (" (never posted)" if n == 0 else f" (posted {n} times)")

@@ -21,7 +21,8 @@ import httpx
 
 from bot.sandbox.devserver import ServerThread
 from bot.sandbox.mypreferences_simulator import DEFAULT_AUTHORIZATION, Simulator, base_url
-from bot.sandbox.slack_emulator import SlackEmulator, SlackUser
+from bot.sandbox.slack_emulator import SlackEmulator, SlackUser, SocketModeUser
+from bot.sandbox.slack_socket_mode import SocketModeServer
 
 SIGNING_SECRET = "harness-signing-secret-8f2c1e"
 BOT_TOKEN = "xoxb-emulator-token"
@@ -149,9 +150,23 @@ class Harness:
             **(env or {}),
         }
         self.bots: list[BotProcess] = []
+        self._socket_mode: SocketModeServer | None = None
+
+    @property
+    def socket_mode(self) -> SocketModeServer:
+        """Slack's Socket Mode server, started on first use; the emulator's
+        apps.connections.open hands out its ws:// URLs."""
+        if self._socket_mode is None:
+            self._socket_mode = SocketModeServer().start()
+            self.emulator.attach_socket_mode(self._socket_mode)
+        return self._socket_mode
 
     def start_bot(self, command: str = "serve", **env: Any) -> BotProcess:
+        """Start a replica: ``serve`` (HTTP), or ``socket`` (Socket Mode, with the app
+        token the Socket Mode server knows unless SLACK_APP_TOKEN says otherwise)."""
         name = f"bot-{len(self.bots) + 1}.log"
+        if command == "socket":
+            env.setdefault("SLACK_APP_TOKEN", self.socket_mode.app_token)
         merged = {**self.base_env, **{k: str(v) for k, v in env.items()}}
         bot = BotProcess(merged, self.workdir / name, command).start()
         self.bots.append(bot)
@@ -161,9 +176,30 @@ class Harness:
         """Start the same replica again (same log file), after a kill or a stop."""
         return bot.start()
 
-    def user(self, bot: BotProcess, channel_id: str = "C0001", user_id: str = "U0001") -> SlackUser:
+    def user(
+        self,
+        bot: BotProcess,
+        channel_id: str = "C0001",
+        user_id: str = "U0001",
+        *,
+        invite: bool = True,
+    ) -> SlackUser:
+        """Someone in ``channel_id``, where the bot was invited (as the README says to)
+        unless ``invite`` is False. Other channels need ``emulator.invite_bot``."""
+        if invite:
+            self.emulator.invite_bot(channel_id)
         return SlackUser(
             bot.events_url, SIGNING_SECRET, self.emulator, channel_id=channel_id, user_id=user_id
+        )
+
+    def socket_user(
+        self, channel_id: str = "C0001", user_id: str = "U0001", *, invite: bool = True
+    ) -> SocketModeUser:
+        """Like ``user``, for a bot in Socket Mode: requests go over its WebSocket."""
+        if invite:
+            self.emulator.invite_bot(channel_id)
+        return SocketModeUser(
+            self.socket_mode, self.emulator, channel_id=channel_id, user_id=user_id
         )
 
     def close(self) -> None:
@@ -173,6 +209,8 @@ class Harness:
                     bot.terminate(timeout=10)
                 except subprocess.TimeoutExpired:
                     bot.kill()
+        if self._socket_mode is not None:
+            self._socket_mode.stop()
         self.sim_server.stop()
         self.slack_server.stop()
 

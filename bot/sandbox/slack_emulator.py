@@ -30,9 +30,9 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -41,7 +41,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from bot.sandbox import slack_rules
+from bot.sandbox.block_kit import MAX_TEXT_UTF16, block_problems, fallback_warnings, utf16_len
 from bot.sandbox.devserver import ServerThread
+from bot.sandbox.slack_socket_mode import SocketModeServer
 from bot.sandbox.slack_views import (
     Submission,
     ViewError,
@@ -58,26 +61,17 @@ DEFAULT_BOT_TOKEN = "xoxb-emulator-token"
 DEFAULT_TEAM_ID = "T0001"
 DEFAULT_BOT_USER_ID = "UBOT"
 DEFAULT_API_APP_ID = "A0001"
-# Slack's documented limit on posts to one response_url.
+# A response_url takes 5 posts within 30 minutes of the command or click
+# (https://docs.slack.dev/interactivity/handling-user-interaction#message_responses).
 RESPONSE_URL_MAX_POSTS = 5
+RESPONSE_URL_LIFETIME_SECONDS = 30 * 60
+# Slack waits 3 s for the acknowledgement of a command or click, then shows the user
+# an error (https://docs.slack.dev/interactivity/implementing-slash-commands#responding).
+ACK_DEADLINE_SECONDS = 3.0
+DISPATCH_FAILED = "dispatch_failed"
 # First message ts; each message adds 100 µs, so ts strings stay unique and increasing.
 _FIRST_TS_MICROS = 1_790_000_000_000_100
 _TS_STEP_MICROS = 100
-
-# Block Kit limits Slack enforces with ``invalid_blocks``; checking them here catches
-# messages that would be rejected in production.
-_MAX_BLOCKS = 50
-_MAX_TEXT_CHARS = 40_000
-_SECTION_TEXT_MAX = 3000
-_SECTION_FIELD_MAX = 2000
-_SECTION_FIELDS_MAX = 10
-_HEADER_TEXT_MAX = 150
-_CONTEXT_ELEMENTS_MAX = 10
-_ACTIONS_ELEMENTS_MAX = 25
-_BUTTON_TEXT_MAX = 75
-_ACTION_ID_MAX = 255
-_BUTTON_VALUE_MAX = 2000
-_BLOCK_ID_MAX = 255
 
 
 # --------------------------------------------------------------------------- records
@@ -126,16 +120,50 @@ class ApiRequest:
     ok: bool
     error: str | None
     status_code: int = 200
+    warnings: tuple[str, ...] = ()  # e.g. missing_text_or_fallback_or_attachments
+
+
+@dataclass
+class Channel:
+    """A conversation: a public or private channel, or a direct message (``im``)."""
+
+    id: str
+    kind: str  # "public" | "private" | "im"
+    name: str
+    members: set[str] = field(default_factory=set)  # user ids, the bot's included
+    archived: bool = False
+
+    def to_json(self) -> JSON:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "is_channel": self.kind == "public",
+            "is_group": self.kind == "private",
+            "is_private": self.kind != "public",
+            "is_im": self.kind == "im",
+            "is_archived": self.archived,
+            "created": 1_700_000_000,
+        }
+
+
+CHANNEL_KINDS = ("public", "private", "im")
 
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What the bot answered to a signed request (slash command, click or event)."""
+    """What the bot answered to a signed request (slash command, click or event).
+
+    ``error`` is what Slack would show the user instead of the answer: ``dispatch_failed``
+    when the acknowledgement came after 3 s, ``invalid_blocks`` when its blocks would be
+    refused (``problems`` says why); None when all went well.
+    """
 
     status_code: int
     ack_seconds: float
     ack_body: Any  # parsed JSON, text, or None for an empty body
     response_url: str | None
+    error: str | None = None
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +190,7 @@ class _ResponseUrl:
     channel: str | None
     message_ts: str | None
     user: str | None
+    issued_at: float = 0.0  # the emulator's clock
     posts: list[JSON] = field(default_factory=list)
     received_at: list[float] = field(default_factory=list)  # time.monotonic(), one per post
 
@@ -409,96 +438,10 @@ def _parse_blocks(raw: Any) -> list[JSON] | None:
             raise _ApiError("invalid_blocks_format") from None
     if not isinstance(raw, list):
         raise _ApiError("invalid_blocks_format")
-    problems = _block_problems(raw)
+    problems = block_problems(raw)
     if problems:
         raise _ApiError("invalid_blocks", errors=problems, response_metadata={"messages": problems})
     return raw
-
-
-def _text_problem(obj: Any, pointer: str, limit: int, plain_only: bool = False) -> str | None:
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        return f"[ERROR] must be a text object [json-pointer:{pointer}]"
-    allowed = ("plain_text",) if plain_only else ("plain_text", "mrkdwn")
-    if obj.get("type") not in allowed:
-        return f"[ERROR] must be one of {', '.join(allowed)} [json-pointer:{pointer}/type]"
-    if not 1 <= len(obj["text"]) <= limit:
-        return f"[ERROR] must be 1 to {limit} characters [json-pointer:{pointer}/text]"
-    return None
-
-
-def _block_problems(blocks: list[Any]) -> list[str]:
-    """The Block Kit rules Slack enforces that a status message can break."""
-    problems: list[str] = []
-    if len(blocks) > _MAX_BLOCKS:
-        problems.append(f"[ERROR] no more than {_MAX_BLOCKS} items allowed [json-pointer:]")
-    block_ids: set[str] = set()
-    for i, block in enumerate(blocks):
-        where = f"/blocks/{i}"
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            problems.append(f"[ERROR] a block needs a type [json-pointer:{where}]")
-            continue
-        found: list[str | None] = [
-            _id_problem(block.get("block_id"), block_ids, _BLOCK_ID_MAX, f"{where}/block_id")
-        ]
-        kind = block["type"]
-        if kind == "section":
-            fields = block.get("fields")
-            if "text" not in block and not fields:
-                found.append(f"[ERROR] a section needs text or fields [json-pointer:{where}]")
-            if "text" in block:
-                found.append(_text_problem(block["text"], f"{where}/text", _SECTION_TEXT_MAX))
-            if fields is not None:
-                if not isinstance(fields, list) or len(fields) > _SECTION_FIELDS_MAX:
-                    found.append(f"[ERROR] at most 10 fields [json-pointer:{where}/fields]")
-                else:
-                    found.extend(
-                        _text_problem(f, f"{where}/fields/{j}", _SECTION_FIELD_MAX)
-                        for j, f in enumerate(fields)
-                    )
-        elif kind == "header":
-            found.append(_text_problem(block.get("text"), f"{where}/text", _HEADER_TEXT_MAX, True))
-        elif kind == "context":
-            elements = block.get("elements")
-            if not isinstance(elements, list) or not 1 <= len(elements) <= _CONTEXT_ELEMENTS_MAX:
-                found.append(f"[ERROR] 1 to 10 elements [json-pointer:{where}/elements]")
-        elif kind == "actions":
-            found.extend(_actions_problems(block.get("elements"), where))
-        problems.extend(p for p in found if p)
-    return problems
-
-
-def _id_problem(value: Any, seen: set[str], longest: int, pointer: str) -> str | None:
-    """A block_id or action_id must be a short string, unique within its message/block."""
-    if value is None:
-        return None
-    name = pointer.rsplit("/", 1)[-1]
-    if not isinstance(value, str) or len(value) > longest:
-        return f"[ERROR] invalid {name} [json-pointer:{pointer}]"
-    if value in seen:
-        return f"[ERROR] duplicate {name} [json-pointer:{pointer}]"
-    seen.add(value)
-    return None
-
-
-def _actions_problems(elements: Any, where: str) -> list[str | None]:
-    if not isinstance(elements, list) or not 1 <= len(elements) <= _ACTIONS_ELEMENTS_MAX:
-        return [f"[ERROR] 1 to {_ACTIONS_ELEMENTS_MAX} elements [json-pointer:{where}/elements]"]
-    found: list[str | None] = []
-    action_ids: set[str] = set()
-    for j, element in enumerate(elements):
-        at = f"{where}/elements/{j}"
-        if not isinstance(element, dict) or element.get("type") != "button":
-            continue  # only buttons are checked in detail
-        found.append(_text_problem(element.get("text"), f"{at}/text", _BUTTON_TEXT_MAX, True))
-        found.append(
-            _id_problem(element.get("action_id"), action_ids, _ACTION_ID_MAX, f"{at}/action_id")
-        )
-        value = element.get("value")
-        if value is not None and (not isinstance(value, str) or len(value) > _BUTTON_VALUE_MAX):
-            found.append(f"[ERROR] value too long [json-pointer:{at}/value]")
-        if element.get("style") not in (None, "primary", "danger"):
-            found.append(f"[ERROR] style must be primary or danger [json-pointer:{at}/style]")
-    return found
 
 
 def _required(params: JSON, *names: str) -> None:
@@ -506,6 +449,28 @@ def _required(params: JSON, *names: str) -> None:
     if missing:
         messages = [f"[ERROR] missing required field: {n}" for n in missing]
         raise _ApiError("invalid_arguments", response_metadata={"messages": messages})
+
+
+def _ack_problems(seconds: float, body: Any) -> tuple[str | None, list[str]]:
+    """What Slack makes of an acknowledgement: too late, or blocks it would refuse.
+
+    A slash command or click acknowledged after 3 s fails for the user, whatever the
+    answer; an answer with invalid blocks is not shown either.
+    """
+    if seconds > ACK_DEADLINE_SECONDS:
+        return DISPATCH_FAILED, [f"acknowledged after {seconds:.2f} s"]
+    if isinstance(body, dict) and body.get("blocks") is not None:
+        problems = block_problems(body["blocks"])
+        if problems:
+            return "invalid_blocks", problems
+    return None, []
+
+
+def _warnings(warnings: list[str]) -> JSON:
+    """How Slack reports warnings on a call that succeeded."""
+    if not warnings:
+        return {}
+    return {"warning": ",".join(warnings), "response_metadata": {"warnings": warnings}}
 
 
 def _response_id(url_or_id: str) -> str:
@@ -525,6 +490,13 @@ class SlackEmulator:
 
     Serve it with ``serve()`` (a started-on-enter ``ServerThread``) or any ASGI server;
     when served another way, call ``set_url()`` so ``new_response_url()`` can build URLs.
+
+    As strict as Slack: the bot posts only where it was invited (``invite_bot``),
+    each method needs its scopes (``scopes``: manifest.yml's by default; None checks
+    none), the rate
+    limits apply by themselves (``slack_rules.RATE_LIMITS``; ``set_rate_limit``
+    changes one), and every message's Block Kit is checked. ``clock`` (seconds,
+    monotonic) drives rate limits and response_url expiry; tests may pass their own.
     """
 
     def __init__(
@@ -532,13 +504,27 @@ class SlackEmulator:
         bot_token: str = DEFAULT_BOT_TOKEN,
         team_id: str = DEFAULT_TEAM_ID,
         bot_user_id: str = DEFAULT_BOT_USER_ID,
+        *,
+        scopes: Iterable[str] | Literal["manifest"] | None = "manifest",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bot_token = bot_token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
+        self.clock = clock
+        #: The installed bot scopes; None checks none. By default manifest.yml's.
+        self.scopes: frozenset[str] | None = (
+            slack_rules.manifest_scopes()
+            if scopes == "manifest"
+            else (frozenset(scopes) if scopes is not None else None)
+        )
+        self._installed_scopes = self.scopes
+        self._limits: dict[str, slack_rules.Limit] = dict(slack_rules.RATE_LIMITS)
+        self._buckets = slack_rules.Buckets(clock)
         self._lock = threading.Lock()
         self.views = ViewRegistry(self._lock)  # modals and Home tabs (slack_views.py)
         self._url: str | None = None
+        self._socket_mode: SocketModeServer | None = None
         self._identities: dict[str, _Identity] = {}
         self._revoked: set[str] = set()
         self._response_ids = itertools.count(1)
@@ -552,6 +538,7 @@ class SlackEmulator:
             "chat.postEphemeral": self._chat_post_ephemeral,
             "chat.getPermalink": self._chat_get_permalink,
             "conversations.info": self._conversations_info,
+            "conversations.open": self._conversations_open,
         }
         for name, handler in self.views.methods().items():
             self._methods[name] = _view_method(handler)
@@ -564,6 +551,12 @@ class SlackEmulator:
                 Route("/_emulator/requests", self._http_requests, methods=["GET"]),
                 Route("/_emulator/errors", self._http_errors, methods=["POST", "DELETE"]),
                 Route("/_emulator/channels/{channel}", self._http_channel, methods=["PUT"]),
+                Route(
+                    "/_emulator/channels/{channel}",
+                    self._http_create_channel,
+                    methods=["POST"],
+                ),
+                Route("/_emulator/channels/{channel}/invite", self._http_invite, methods=["POST"]),
                 Route("/_emulator/responses/{rid}", self._http_responses, methods=["GET"]),
                 Route("/_emulator/response_urls", self._http_new_response_url, methods=["POST"]),
                 Route("/_emulator/latency", self._http_latency, methods=["PUT"]),
@@ -585,6 +578,11 @@ class SlackEmulator:
         self._latency: dict[str, float] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._revoked.clear()
+        self._channels: dict[str, Channel] = {}
+        self._dispatch_failures: list[CommandResult] = []
+        self._buckets.clear()
+        self._limits = dict(slack_rules.RATE_LIMITS)
+        self.scopes = self._installed_scopes
         self.views.reset()
 
     # ----------------------------------------------------------------- serving & URLs
@@ -632,6 +630,18 @@ class SlackEmulator:
             )
             self._revoked.discard(token)
 
+    def attach_socket_mode(self, server: SocketModeServer) -> None:
+        """Answer ``apps.connections.open`` with ``server``'s ws:// URL (Socket Mode).
+
+        The app-level tokens are ``server``'s; the bot tokens here are refused there
+        with ``not_allowed_token_type``, as Slack refuses them.
+        """
+        with self._lock:
+            self._socket_mode = server
+            tokens = list(self._identities)
+        for token in tokens:
+            server.add_bot_token(token)
+
     def revoke_token(self, token: str) -> None:
         """Every later call with ``token`` fails with ``token_revoked``."""
         with self._lock:
@@ -647,6 +657,94 @@ class SlackEmulator:
                 self._channel_errors.pop(channel_id, None)
             else:
                 self._channel_errors[channel_id] = error
+
+    def create_channel(
+        self,
+        channel_id: str,
+        kind: str = "public",
+        *,
+        name: str | None = None,
+        members: tuple[str, ...] | list[str] = (),
+        invite_bot: bool = False,
+    ) -> Channel:
+        """Make a conversation: ``public``, ``private`` or ``im`` (a direct message).
+
+        The bot is in it only with ``invite_bot`` (or a later ``invite_bot()``), as in
+        Slack, where a bot posts only where it was invited. An existing channel keeps
+        its kind; members are added.
+        """
+        if kind not in CHANNEL_KINDS:
+            raise ValueError(f"kind must be one of {CHANNEL_KINDS}, not {kind!r}")
+        with self._lock:
+            channel = self._channels.get(channel_id)
+            if channel is None:
+                channel = Channel(channel_id, kind, name or channel_id.lower())
+                self._channels[channel_id] = channel
+            channel.members.update(members)
+            if invite_bot:
+                channel.members.add(self.bot_user_id)
+            return dataclasses.replace(channel, members=set(channel.members))
+
+    def ensure_channel(self, channel_id: str, *, member: str | None = None) -> None:
+        """Know ``channel_id`` (a user typed a command there): a new one gets its kind
+        from its id's first letter, as Slack's ids do (D: a DM, G: private, else public),
+        and the bot is not in it."""
+        kind = {"D": "im", "G": "private"}.get(channel_id[:1], "public")
+        self.create_channel(channel_id, kind, members=(member,) if member else ())
+
+    def invite_bot(self, channel_id: str, bot_user_id: str | None = None) -> None:
+        """``/invite @import-status``: the bot joins (a public channel if unknown yet)."""
+        self.ensure_channel(channel_id)
+        with self._lock:
+            self._channels[channel_id].members.add(bot_user_id or self.bot_user_id)
+
+    def remove_bot(self, channel_id: str, bot_user_id: str | None = None) -> None:
+        """Someone removed the bot from the channel: its posts get ``not_in_channel`` (public)
+        or ``channel_not_found`` (private, DM)."""
+        with self._lock:
+            channel = self._channels.get(channel_id)
+            if channel is not None:
+                channel.members.discard(bot_user_id or self.bot_user_id)
+
+    def archive_channel(self, channel_id: str) -> None:
+        """Archive the channel: posts get ``is_archived``, edits ``is_inactive``."""
+        with self._lock:
+            self._channels[channel_id].archived = True
+
+    def channel(self, channel_id: str) -> Channel | None:
+        """A copy of the conversation as the emulator knows it, or None."""
+        with self._lock:
+            found = self._channels.get(channel_id)
+            return dataclasses.replace(found, members=set(found.members)) if found else None
+
+    def set_scopes(self, scopes: set[str] | frozenset[str] | None) -> None:
+        """Install the app with other bot scopes (None: no scope checked)."""
+        with self._lock:
+            self.scopes = frozenset(scopes) if scopes is not None else None
+
+    def set_rate_limit(
+        self, method: str, per_minute: float | None, burst: float | None = None
+    ) -> None:
+        """Change one method's rate limit (None: unlimited), e.g. for a load test that is
+        not about rate limits. ``burst`` defaults to a minute's worth, or the current."""
+        with self._lock:
+            if per_minute is None:
+                self._limits.pop(method, None)
+                return
+            current = self._limits.get(method, slack_rules.TIER_3)
+            self._limits[method] = slack_rules.Limit(
+                per_minute, burst if burst is not None else per_minute, current.per
+            )
+
+    def _record_dispatch_failure(self, result: CommandResult) -> None:
+        with self._lock:
+            self._dispatch_failures.append(result)
+
+    @property
+    def dispatch_failures(self) -> list[CommandResult]:
+        """Commands and clicks Slack gave up on (late acknowledgement), in order."""
+        with self._lock:
+            return list(self._dispatch_failures)
 
     def inject_error(
         self,
@@ -685,7 +783,8 @@ class SlackEmulator:
                 self._latency.pop(method, None)
 
     def reset(self) -> None:
-        """Forget messages, requests, responses and injected failures; revoked tokens work again."""
+        """Forget messages, channels, requests, responses and injected failures; revoked
+        tokens work again; rate limits and scopes are as installed again."""
         with self._lock:
             self._reset_state()
 
@@ -753,7 +852,9 @@ class SlackEmulator:
         base = self.url
         with self._lock:
             rid = f"R{next(self._response_ids):05d}{secrets.token_hex(4)}"
-            self._response_urls[rid] = _ResponseUrl(rid, channel, message_ts, user)
+            self._response_urls[rid] = _ResponseUrl(
+                rid, channel, message_ts, user, issued_at=self.clock()
+            )
         return f"{base}response/{rid}"
 
     def responses(self, url_or_id: str) -> list[JSON]:
@@ -778,7 +879,12 @@ class SlackEmulator:
     ) -> _Outcome:
         """Answer one Web API call and record it; runs with the lock held, never awaits."""
         outcome = self._answer(method, token, params)
+        self._record(method, params, outcome, arrived)
+        return outcome
+
+    def _record(self, method: str, params: JSON | None, outcome: _Outcome, arrived: float) -> None:
         error = outcome.body.get("error")
+        warnings = (outcome.body.get("response_metadata") or {}).get("warnings") or ()
         self._requests.append(
             ApiRequest(
                 at=arrived,
@@ -787,9 +893,9 @@ class SlackEmulator:
                 ok=bool(outcome.body.get("ok")),
                 error=error if isinstance(error, str) else None,
                 status_code=outcome.status_code,
+                warnings=tuple(warnings) if outcome.body.get("ok") else (),
             )
         )
-        return outcome
 
     def _answer(self, method: str, token: str | None, params: JSON | None) -> _Outcome:
         handler = self._methods.get(method)
@@ -806,13 +912,50 @@ class SlackEmulator:
             return _Outcome({"ok": False, "error": "not_allowed_token_type"})
         if params is None:
             return _Outcome({"ok": False, "error": "invalid_json"})
-        injected = self._take_injected(method, params.get("channel"))
+        channel = params.get("channel")
+        injected = self._take_injected(method, channel)
         if injected is not None:
             return injected
+        refused = self._missing_scope(method, params) or self._rate_limited(
+            method, identity, channel
+        )
+        if refused is not None:
+            return refused
         try:
             return _Outcome({"ok": True, **handler(identity, params)})
         except _ApiError as e:
             return _Outcome({"ok": False, "error": e.error, **e.extra})
+
+    def _missing_scope(self, method: str, params: JSON) -> _Outcome | None:
+        """``missing_scope`` unless the installed scopes allow ``method``; lock held.
+
+        Slack names the scope needed and those provided, in the body and in the
+        X-Accepted-OAuth-Scopes / X-OAuth-Scopes headers
+        (https://docs.slack.dev/authentication/tokens#scopes).
+        """
+        kind = "im" if method == "conversations.open" else None
+        known = self._channels.get(str(params.get("channel", "")))
+        if known is not None:
+            kind = known.kind
+        needed = slack_rules.missing_scope(method, self.scopes, kind)
+        if needed is None:
+            return None
+        provided = ",".join(sorted(self.scopes or ()))
+        return _Outcome(
+            {"ok": False, "error": "missing_scope", "needed": needed, "provided": provided},
+            200,
+            {"X-OAuth-Scopes": provided, "X-Accepted-OAuth-Scopes": needed},
+        )
+
+    def _rate_limited(self, method: str, identity: _Identity, channel: Any) -> _Outcome | None:
+        """HTTP 429 with Retry-After once the method's limit is spent; lock held."""
+        limit = self._limits.get(method)
+        if limit is None:
+            return None
+        wait = self._buckets.take(method, limit, identity.team_id, str(channel or ""))
+        if not wait:
+            return None
+        return _Outcome({"ok": False, "error": "ratelimited"}, 429, {"Retry-After": str(wait)})
 
     def _take_injected(self, method: str, channel: Any) -> _Outcome | None:
         for rule in self._errors:
@@ -831,10 +974,32 @@ class SlackEmulator:
             return _Outcome(body, rule.status_code or 200)
         return None
 
-    def _check_channel(self, channel: str) -> None:
-        error = self._channel_errors.get(channel)
+    def _postable(self, identity: _Identity, channel_id: str, method: str) -> Channel:
+        """The channel, if the bot may post (or edit) there; else Slack's error. Lock held.
+
+        The bot must have been invited: otherwise ``not_in_channel`` for a public
+        channel (unless the app has chat:write.public, for chat.postMessage) and
+        ``channel_not_found`` for a private channel or a DM, which it cannot even
+        see (https://docs.slack.dev/reference/methods/chat.postMessage#errors).
+        Archived: ``is_archived``, or ``is_inactive`` for chat.update and chat.delete.
+        """
+        error = self._channel_errors.get(channel_id)
         if error:
             raise _ApiError(error)
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            raise _ApiError("channel_not_found")
+        if channel.kind != "public" and identity.user_id not in channel.members:
+            raise _ApiError("channel_not_found")
+        if channel.archived:
+            raise _ApiError(
+                "is_inactive" if method in ("chat.update", "chat.delete") else "is_archived"
+            )
+        if identity.user_id in channel.members:
+            return channel
+        if method == "chat.postMessage" and slack_rules.POST_ANYWHERE in (self.scopes or ()):
+            return channel
+        raise _ApiError("not_in_channel")
 
     def _store(
         self,
@@ -896,7 +1061,7 @@ class SlackEmulator:
         text = params.get("text")
         if text is not None and not isinstance(text, str):
             text = str(text)
-        if text is not None and len(text) > _MAX_TEXT_CHARS:
+        if text is not None and utf16_len(text) > MAX_TEXT_UTF16:
             raise _ApiError("msg_too_long")
         blocks = _parse_blocks(params.get("blocks"))
         if not text and not blocks and not params.get("attachments"):
@@ -919,7 +1084,7 @@ class SlackEmulator:
     def _chat_post_message(self, identity: _Identity, params: JSON) -> JSON:
         _required(params, "channel")
         channel = str(params["channel"])
-        self._check_channel(channel)
+        self._postable(identity, channel, "chat.postMessage")
         text, blocks = self._text_and_blocks(params)
         thread_ts = params.get("thread_ts") or None
         message = self._store(
@@ -930,12 +1095,17 @@ class SlackEmulator:
             str(thread_ts) if thread_ts is not None else None,
             _flag(params.get("reply_broadcast")),
         )
-        return {"channel": channel, "ts": message.ts, "message": self._wire(message, identity)}
+        return {
+            "channel": channel,
+            "ts": message.ts,
+            "message": self._wire(message, identity),
+            **_warnings(fallback_warnings(text, blocks)),
+        }
 
     def _chat_update(self, identity: _Identity, params: JSON) -> JSON:
         _required(params, "channel", "ts")
         channel, ts = str(params["channel"]), str(params["ts"])
-        self._check_channel(channel)
+        self._postable(identity, channel, "chat.update")
         message = self._by_ts.get((channel, ts))
         if message is None or message.deleted:
             raise _ApiError("message_not_found")
@@ -948,12 +1118,13 @@ class SlackEmulator:
             "ts": ts,
             "text": message.text,
             "message": self._wire(message, identity),
+            **_warnings(fallback_warnings(message.text, message.blocks)),
         }
 
     def _chat_delete(self, identity: _Identity, params: JSON) -> JSON:
         _required(params, "channel", "ts")
         channel, ts = str(params["channel"]), str(params["ts"])
-        self._check_channel(channel)
+        self._postable(identity, channel, "chat.delete")
         message = self._by_ts.get((channel, ts))
         if message is None or message.deleted:
             raise _ApiError("message_not_found")
@@ -963,7 +1134,9 @@ class SlackEmulator:
     def _chat_post_ephemeral(self, identity: _Identity, params: JSON) -> JSON:
         _required(params, "channel", "user")
         channel = str(params["channel"])
-        self._check_channel(channel)
+        known = self._postable(identity, channel, "chat.postEphemeral")
+        if str(params["user"]) not in known.members:
+            raise _ApiError("user_not_in_channel")
         text, blocks = self._text_and_blocks(params)
         thread_ts = params.get("thread_ts") or None
         ephemeral = Ephemeral(
@@ -987,21 +1160,29 @@ class SlackEmulator:
 
     def _conversations_info(self, identity: _Identity, params: JSON) -> JSON:
         _required(params, "channel")
-        channel = str(params["channel"])
-        state = self._channel_errors.get(channel)
+        channel_id = str(params["channel"])
+        state = self._channel_errors.get(channel_id)
         if state not in (None, "not_in_channel", "is_archived"):
             raise _ApiError(state or "channel_not_found")
-        return {
-            "channel": {
-                "id": channel,
-                "name": channel.lower(),
-                "is_channel": True,
-                "is_private": False,
-                "is_archived": state == "is_archived",
-                "is_member": state is None,
-                "created": 1_700_000_000,
-            }
-        }
+        channel = self._channels.get(channel_id)
+        member = channel is not None and identity.user_id in channel.members
+        if channel is None or (channel.kind != "public" and not member):
+            raise _ApiError("channel_not_found")
+        archived = channel.archived or state == "is_archived"
+        return {"channel": {**channel.to_json(), "is_member": member, "is_archived": archived}}
+
+    def _conversations_open(self, identity: _Identity, params: JSON) -> JSON:
+        """A direct message with one user (the bot is in it, being one end of it)."""
+        _required(params, "users")
+        users = [u for u in str(params["users"]).split(",") if u]
+        if len(users) != 1:
+            raise _ApiError("not_enough_users" if not users else "too_many_users")
+        channel_id = f"D{users[0].lstrip('UW')}"
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            channel = Channel(channel_id, "im", channel_id.lower(), {users[0], identity.user_id})
+            self._channels[channel_id] = channel
+        return {"channel": {"id": channel_id}}
 
     # ----------------------------------------------------------------- response_url core
 
@@ -1010,6 +1191,8 @@ class SlackEmulator:
         target = self._response_urls.get(rid)
         if target is None:
             return PlainTextResponse("no_service", status_code=404)
+        if self.clock() - target.issued_at > RESPONSE_URL_LIFETIME_SECONDS:
+            return PlainTextResponse("expired_url", status_code=404)
         if len(target.posts) >= RESPONSE_URL_MAX_POSTS:
             return PlainTextResponse("used_url", status_code=404)
         delete = _flag(payload.get("delete_original"))
@@ -1029,11 +1212,26 @@ class SlackEmulator:
             if target.channel and target.message_ts
             else None
         )
+        ephemeral = next(
+            (
+                i
+                for i, e in enumerate(self._ephemerals)
+                if original is None and target.message_ts and e.ts == target.message_ts
+            ),
+            None,
+        )
         if delete:
             if original is not None:
                 original.deleted = True
+            elif ephemeral is not None:
+                del self._ephemerals[ephemeral]
         elif replace and original is not None:
             self._edit(original, text or "", blocks or [])
+        elif replace and ephemeral is not None:
+            # The clicked message was ephemeral: it is replaced in place, for that user.
+            self._ephemerals[ephemeral] = dataclasses.replace(
+                self._ephemerals[ephemeral], text=text or "", blocks=blocks or []
+            )
         elif payload.get("response_type") == "in_channel" and target.channel:
             self._store(self.bot_user_id, target.channel, text or "", blocks or [], None, False)
         elif target.channel and target.user:
@@ -1063,6 +1261,14 @@ class SlackEmulator:
             params = None
         arrived = time.monotonic()
         token = _bearer(request.headers.get("authorization"))
+        socket_mode = self._socket_mode
+        if method == "apps.connections.open" and socket_mode is not None:
+            # Socket Mode's own server answers, with a ws:// URL to itself. Outside the
+            # lock: that server has a lock of its own.
+            answer = socket_mode.apps_connections_open(token)
+            with self._lock:
+                self._record(method, {}, _Outcome(answer.body, answer.status_code), arrived)
+            return JSONResponse(answer.body, answer.status_code, answer.headers)
         if params is not None:
             body_token = params.pop("token", None)  # Slack also takes the token as an argument
             if token is None and isinstance(body_token, str) and body_token:
@@ -1132,6 +1338,25 @@ class SlackEmulator:
         except (ValueError, AttributeError):
             return JSONResponse({"ok": False, "error": 'expected {"error": ...}'}, 400)
         self.set_channel_state(request.path_params["channel"], error)
+        return JSONResponse({"ok": True})
+
+    async def _http_create_channel(self, request: Request) -> Response:
+        """``{"kind": "public"|"private"|"im", "members": [...], "invite_bot": bool}``."""
+        body = await request.body()
+        try:
+            spec = json.loads(body) if body else {}
+            channel = self.create_channel(
+                request.path_params["channel"],
+                str(spec.get("kind", "public")),
+                members=list(spec.get("members", [])),
+                invite_bot=bool(spec.get("invite_bot", False)),
+            )
+        except (ValueError, TypeError, AttributeError) as e:
+            return JSONResponse({"ok": False, "error": str(e)}, 400)
+        return JSONResponse({"ok": True, "channel": channel.to_json()})
+
+    async def _http_invite(self, request: Request) -> Response:
+        self.invite_bot(request.path_params["channel"])
         return JSONResponse({"ok": True})
 
     async def _http_responses(self, request: Request) -> Response:
@@ -1229,7 +1454,13 @@ class SlackUser:
                 ack_body = answer.json()
             except ValueError:
                 ack_body = answer.text
-        return CommandResult(answer.status_code, elapsed, ack_body, response_url)
+        error, problems = _ack_problems(elapsed, ack_body)
+        result = CommandResult(
+            answer.status_code, elapsed, ack_body, response_url, error, tuple(problems)
+        )
+        if error == DISPATCH_FAILED:
+            self.emulator._record_dispatch_failure(result)
+        return result
 
     def command(
         self,
@@ -1250,6 +1481,8 @@ class SlackUser:
             "user_id": self.user_id,
             **overrides,
         }
+        # The person types in a channel Slack knows, and is in it; the bot may not be.
+        self.emulator.ensure_channel(fields["channel_id"], member=fields["user_id"])
         if "response_url" not in fields:
             fields["response_url"] = self.emulator.new_response_url(
                 channel=fields["channel_id"], user=fields["user_id"]
@@ -1282,6 +1515,7 @@ class SlackUser:
             **overrides,
         }
         channel = fields["channel_id"]
+        self.emulator.ensure_channel(channel, member=fields["user_id"])
         if "message" not in fields:
             stored = self.emulator.message(channel, message_ts)
             if stored is not None:
@@ -1351,3 +1585,104 @@ def _view_method(
             raise _ApiError(e.error, **e.extra) from None
 
     return method
+
+
+# --------------------------------------------------------------------------- in Socket Mode
+
+
+class SocketModeUser:
+    """Someone in Slack whose commands, clicks and events reach the bot over Socket Mode.
+
+    The same calls as ``SlackUser``, but each request goes as an envelope on the bot's
+    WebSocket (``server``) and its acknowledgement comes back on it: within 3 s, or the
+    user sees ``dispatch_failed``. Answers sent to the response_url land in ``emulator``.
+    """
+
+    def __init__(
+        self,
+        server: SocketModeServer,
+        emulator: SlackEmulator,
+        team_id: str = DEFAULT_TEAM_ID,
+        channel_id: str = "C0001",
+        user_id: str = "U0001",
+    ) -> None:
+        self.server = server
+        self.emulator = emulator
+        self.team_id = team_id
+        self.channel_id = channel_id
+        self.user_id = user_id
+
+    def __enter__(self) -> SocketModeUser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _settle(self, envelope_id: str, response_url: str | None) -> CommandResult:
+        envelope = self.server.wait_outcome(envelope_id, timeout=ACK_DEADLINE_SECONDS + 2)
+        ack = envelope.ack
+        if envelope.outcome != "acked" or ack is None:
+            result = CommandResult(0, ACK_DEADLINE_SECONDS, None, response_url, DISPATCH_FAILED)
+            self.emulator._record_dispatch_failure(result)
+            return result
+        error, problems = _ack_problems(ack.seconds, ack.payload)
+        return CommandResult(200, ack.seconds, ack.payload, response_url, error, tuple(problems))
+
+    def command(self, text: str, **overrides: Any) -> CommandResult:
+        """Send ``/import-status text`` (``overrides``: channel_id, user_id, team_id...)."""
+        fields: JSON = {
+            "team_id": self.team_id,
+            "channel_id": self.channel_id,
+            "user_id": self.user_id,
+            **overrides,
+        }
+        self.emulator.ensure_channel(fields["channel_id"], member=fields["user_id"])
+        response_url = fields.pop("response_url", None) or self.emulator.new_response_url(
+            channel=fields["channel_id"], user=fields["user_id"]
+        )
+        envelope_id = self.server.push_command(text, response_url=response_url, **fields)
+        return self._settle(envelope_id, response_url)
+
+    def click(self, action_id: str, value: str, message_ts: str, **overrides: Any) -> CommandResult:
+        """Click a button on the message at ``message_ts`` (the stored message goes along)."""
+        fields: JSON = {
+            "team_id": self.team_id,
+            "channel_id": self.channel_id,
+            "user_id": self.user_id,
+            **overrides,
+        }
+        channel = fields["channel_id"]
+        self.emulator.ensure_channel(channel, member=fields["user_id"])
+        stored = self.emulator.message(channel, message_ts)
+        if stored is not None and "message" not in fields:
+            fields["message"] = {
+                "type": "message",
+                "ts": stored.ts,
+                "text": stored.text,
+                "blocks": stored.blocks,
+                "user": stored.user,
+            }
+        response_url = self.emulator.new_response_url(
+            channel=channel, message_ts=message_ts, user=fields["user_id"]
+        )
+        envelope_id = self.server.push_block_action(
+            action_id, value, message_ts=message_ts, response_url=response_url, **fields
+        )
+        return self._settle(envelope_id, response_url)
+
+    def event(self, event: JSON, **overrides: Any) -> CommandResult:
+        """Deliver an Events API event (``overrides`` go to ``event_callback_payload``)."""
+        overrides.setdefault("team_id", self.team_id)
+        return self._settle(self.server.push_event(event, **overrides), None)
+
+    def wait_response(self, result: CommandResult, timeout: float = 5) -> JSON:
+        """The first body the bot posted to the result's response_url, waiting if needed."""
+        if result.response_url is None:
+            raise ValueError("this request had no response_url")
+        url = result.response_url
+
+        def first() -> JSON | None:
+            posts = self.emulator.responses(url)
+            return posts[0] if posts else None
+
+        return wait_for(first, timeout, description=f"a post to {url}")

@@ -3,51 +3,107 @@
 Render, compare with what was last posted, and only then edit or post. Each
 notification is marked sent in the database as soon as Slack accepts it, so
 after a crash at most the one message in flight can repeat.
+
+Delivery runs on its own loop, beside the poller: the poller only wakes it, so
+a poll never waits on Slack. The loop leases subscriptions that have work and
+delivers each in its own task; a channel that is slow, failing or rate-limited
+holds up only itself. Nothing sleeps in place: when Slack says "wait"
+(HTTP 429, Retry-After) the wait is stored for that (workspace, channel) and
+the subscription is simply not leased again before it ends. Every Slack error
+has a fate (``bot/slack/errors.py``): transient ones back off exponentially,
+cards included, and are given up after ``MAX_ATTEMPTS`` (a rate-limited message
+after ``MAX_RATE_LIMITED_ATTEMPTS``, each after Retry-After); permanent ones end the
+subscription with one log line and a metric, and tell whoever subscribed when
+they can fix it and Slack still lets the bot speak.
+
+While a subscription is being delivered its lease is renewed every third of
+``lease_seconds``, so it never runs out under a holder that is still sending,
+and a dead replica's subscriptions are taken over at most ``lease_seconds``
+after it died.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.clock import Clock, utcnow
 from bot.domain.eta import estimate_seconds_left
 from bot.metrics import METRICS
+from bot.service import CardOutcome, CardResult
 from bot.slack import render
+from bot.slack.errors import (
+    NETWORK,
+    Fate,
+    SlackError,
+    classify,
+    is_known,
+    retry_after_seconds,
+)
 from bot.store.interface import OutboxStore
 from bot.store.records import DeliveryState, PendingNotification
 
 log = logging.getLogger(__name__)
 
-# The channel is gone for the bot: end the subscription instead of retrying forever.
-LOST_CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived"})
-REVOKED_ERRORS = frozenset(
-    {"token_revoked", "invalid_auth", "account_inactive", "not_authed", "team_not_found"}
-)
-CARD_GONE_ERRORS = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
-# Slack errors worth trying again later; any other error means this message can never
-# be sent as it is, so it is given up after MAX_ATTEMPTS.
-TRANSIENT_ERRORS = frozenset(
-    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
-)
+# Failed tries of one message (a reply, or the card) before it is given up: errors
+# after MAX_ATTEMPTS; rate limits (contention in a busy channel, not a fault of the
+# message, each answered after Slack's Retry-After) only after MAX_RATE_LIMITED_ATTEMPTS.
 MAX_ATTEMPTS = 8
-# Rate-limit waits up to this long are waited out in place; longer ones are rescheduled.
-MAX_INLINE_WAIT_SECONDS = 10.0
-MAX_RETRY_DELAY_SECONDS = 600.0
+MAX_RATE_LIMITED_ATTEMPTS = 100
+FIRST_BACKOFF_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 600.0
+# One Slack call may take this long before it counts as failed (transient).
+SLACK_CALL_TIMEOUT_SECONDS = 10.0
+# A subscription lease never needs to be longer: it is renewed while the holder sends.
+MAX_LEASE_SECONDS = 15.0
+# Finished waits are swept from the database this often.
+SWEEP_SECONDS = 300.0
+
+# Where Slack accepts them: no link or media previews (cards stay compact), and no
+# re-parsing of text the bot has already escaped. chat.update takes only ``parse``
+# (and defaults it to "client", unlike chat.postMessage):
+# https://docs.slack.dev/reference/methods/chat.postMessage#arguments and
+# https://docs.slack.dev/reference/methods/chat.update#arguments
+POST_FLAGS: dict[str, Any] = {"unfurl_links": False, "unfurl_media": False, "parse": "none"}
+UPDATE_FLAGS: dict[str, Any] = {"parse": "none"}
+
+_POSTED = CardResult(CardOutcome.POSTED)
+
+
+@dataclass
+class _Failed(Exception):
+    """A Slack call failed; ``error`` holds its fate."""
+
+    error: SlackError
+    method: str
+    detail: str  # Slack's code, or the exception's name for network trouble
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class _Stop(Exception):
-    """This subscription can do no more now (rescheduled, or ended)."""
+    """Nothing more can be done for this subscription now; ``result`` says why."""
+
+    def __init__(self, result: CardResult) -> None:
+        super().__init__(result.outcome.value)
+        self.result = result
 
 
 class Delivery:
-    """Brings channels up to date, one leased subscription at a time."""
+    """Brings channels up to date, one leased subscription per task."""
 
     def __init__(
         self,
@@ -56,100 +112,312 @@ class Delivery:
         owner: str,
         *,
         lease_seconds: float = 60.0,
-        concurrency: int = 10,
+        concurrency: int = 20,
+        idle_seconds: float = 1.0,
+        call_timeout: float = SLACK_CALL_TIMEOUT_SECONDS,
         clock: Clock = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.outbox = outbox
         self.slack = slack
         self.owner = owner
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = min(lease_seconds, MAX_LEASE_SECONDS)
+        self.concurrency = concurrency
+        self.idle_seconds = idle_seconds
+        self.call_timeout = call_timeout
         self.clock = clock
         self.sleep = sleep
-        self._limit = asyncio.Semaphore(concurrency)
-        self._concurrency = concurrency
+        self._in_flight: dict[int, asyncio.Task[CardResult]] = {}
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._swept_at: datetime | None = None
+        # Lease renewals get a thread of their own: queued behind the other database
+        # work of a busy replica, a renewal could come too late and let another
+        # replica send the same message.
+        self._renewals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease-renewal")
+        # When each lease this replica holds ends, as far as it knows.
+        self._held: dict[int, datetime] = {}
 
-    async def deliver_due(self) -> int:
-        """Deliver everything that is due, for every subscription this replica can lease."""
-        attempted: set[int] = set()
-        batch = self._concurrency * 10
-        while True:
-            ids = await asyncio.to_thread(
-                self.outbox.claim_deliveries, self.owner, self.clock(), batch, self.lease_seconds
-            )
-            fresh = [i for i in ids if i not in attempted]
-            for stale in set(ids) - set(fresh):
-                # Tried once this tick already (e.g. a card edit Slack refused): next tick.
-                await asyncio.to_thread(self.outbox.release_subscription, stale, self.owner)
-            await asyncio.gather(*(self._deliver_leased(i) for i in fresh))
-            attempted.update(fresh)
-            if len(ids) < batch or not fresh:
-                return len(attempted)
+    # ------------------------------------------------------------------ running
 
-    async def deliver_now(self, subscription_id: int) -> None:
-        """Deliver one subscription right away (the watch command posts its card)."""
-        leased = await asyncio.to_thread(
-            self.outbox.claim_subscription,
-            subscription_id,
-            self.owner,
-            self.clock(),
-            self.lease_seconds,
-        )
-        if leased:
-            await self._deliver_leased(subscription_id)
+    def start(self) -> None:
+        """Start the delivery loop. Call with the event loop running."""
+        self._stopping = False
+        self._loop = asyncio.create_task(self._run(), name="delivery")
 
-    async def _deliver_leased(self, subscription_id: int) -> None:
-        async with self._limit:
+    def wake(self) -> None:
+        """Something may be due (the poller saved events): look now, not at the next idle tick."""
+        self._wakeup.set()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop leasing; let deliveries in flight finish for up to ``timeout``, then cancel.
+
+        The caller releases this replica's leases afterwards.
+        """
+        self._stopping = True
+        self._wakeup.set()
+        if self._loop is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        running = list(self._in_flight.values())
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        self._renewals.shutdown(wait=False)
+
+    async def _run(self) -> None:
+        while not self._stopping:
             try:
-                delivery = await asyncio.to_thread(self.outbox.delivery, subscription_id)
-                if delivery is not None:
-                    await self._deliver(delivery)
-            except _Stop:
-                pass
+                await self._fill()
+                await self._sweep()
             except Exception:
-                log.exception("delivery failed", extra={"subscription": subscription_id})
-            finally:
+                log.exception("delivery loop failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.idle_seconds)
+            self._wakeup.clear()
+
+    async def _fill(self, skip: frozenset[int] = frozenset()) -> list[int]:
+        """Lease due subscriptions up to the free slots and start delivering each."""
+        free = self.concurrency - len(self._in_flight)
+        if free <= 0 or self._stopping:
+            return []
+        now = self.clock()
+        ids = await asyncio.to_thread(
+            self.outbox.claim_deliveries, self.owner, now, free, self.lease_seconds
+        )
+        until = now + timedelta(seconds=self.lease_seconds)
+        started: list[int] = []
+        for subscription_id in ids:
+            if subscription_id in self._in_flight or subscription_id in skip:
+                # Already delivered in this pass (deliver_due): the next pass tries again.
                 await asyncio.to_thread(
                     self.outbox.release_subscription, subscription_id, self.owner
                 )
+                continue
+            self._held[subscription_id] = until
+            task = asyncio.ensure_future(self._run_leased(subscription_id))
+            self._in_flight[subscription_id] = task
+            task.add_done_callback(functools.partial(self._finished, subscription_id))
+            started.append(subscription_id)
+        return started
 
-    async def _deliver(self, d: DeliveryState) -> None:
+    def _finished(self, subscription_id: int, _: object = None) -> None:
+        self._in_flight.pop(subscription_id, None)
+        self._wakeup.set()  # a slot is free: lease more
+
+    async def _sweep(self) -> None:
         now = self.clock()
-        ts = d.tracking_ts
-        if ts is None:
-            if not d.active and not d.notifications:
+        if self._swept_at is None or (now - self._swept_at).total_seconds() >= SWEEP_SECONDS:
+            self._swept_at = now
+            await asyncio.to_thread(self.outbox.clear_waits, now)
+
+    async def deliver_due(self) -> int:
+        """One full pass: deliver everything due now, and return how many subscriptions.
+
+        The loop does this continuously; tests and one-off callers use this.
+        """
+        attempted: set[int] = set()
+        while True:
+            started = await self._fill(frozenset(attempted))
+            attempted.update(started)
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            if not started:
+                return len(attempted)
+
+    async def deliver_new(self, subscription_id: int) -> CardResult:
+        """Post the card of a subscription the watch command just created, leased to us.
+
+        A refusal is returned, not acted on: the watch command tells the person and
+        forgets the subscription. The lease is then kept until it runs out, so that
+        no delivery picks the subscription up before it is forgotten.
+        """
+        return await self._run_leased(subscription_id, new=True)
+
+    async def deliver_now(self, subscription_id: int) -> CardResult:
+        """Bring one subscription's channel up to date now (unwatch edits its card)."""
+        now = self.clock()
+        leased = await asyncio.to_thread(
+            self.outbox.claim_subscription, subscription_id, self.owner, now, self.lease_seconds
+        )
+        if not leased:
+            # Being delivered right now (here or by another replica): it will see the change.
+            return CardResult(CardOutcome.LATER)
+        self._held[subscription_id] = now + timedelta(seconds=self.lease_seconds)
+        return await self._run_leased(subscription_id)
+
+    async def _run_leased(self, subscription_id: int, *, new: bool = False) -> CardResult:
+        result = CardResult(CardOutcome.LATER)
+        try:
+            result = await self._holding(
+                subscription_id, self._load_and_deliver(subscription_id, new)
+            )
+        except Exception:
+            log.exception("delivery failed", extra={"subscription": subscription_id})
+        finally:
+            self._held.pop(subscription_id, None)
+            if not (new and result.outcome is CardOutcome.REFUSED):
                 await asyncio.to_thread(
-                    self.outbox.mark_card_done, d.subscription_id, d.card_wanted
+                    self.outbox.release_subscription, subscription_id, self.owner
                 )
+        return result
+
+    async def _load_and_deliver(self, subscription_id: int, new: bool) -> CardResult:
+        delivery = await asyncio.to_thread(self.outbox.delivery, subscription_id)
+        if delivery is None:
+            return CardResult(CardOutcome.LATER)
+        return await self._deliver(delivery, new=new)
+
+    async def _holding(
+        self, subscription_id: int, work: Coroutine[Any, Any, CardResult]
+    ) -> CardResult:
+        """Run ``work`` while renewing the lease; stop it if the lease is lost."""
+        task = asyncio.ensure_future(work)
+        renewing = asyncio.ensure_future(self._renew(subscription_id))
+        try:
+            await asyncio.wait({task, renewing}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # shutting down: the message in flight may repeat once, no more
+            raise
+        finally:
+            renewing.cancel()
+        if not task.done():
+            # The lease was lost (another replica may hold it now): stop sending at once.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.warning(
+                "lost a delivery lease while sending; stopped",
+                extra={"subscription": subscription_id},
+            )
+            return CardResult(CardOutcome.LATER)
+        return task.result()
+
+    async def _renew(self, subscription_id: int) -> None:
+        """Every third of a lease, extend it; return when it cannot be extended."""
+        while True:
+            await self.sleep(self.lease_seconds / 3)
+            if not await self._extend(subscription_id):
                 return
-            ts = await self._post_card(d)
-        elif d.card_done < d.card_wanted:
-            card = self._card(d)
-            try:
-                await self._call(
-                    d, None, "chat_update", channel=d.channel_id, ts=ts, **card.as_kwargs()
+
+    async def _extend(self, subscription_id: int) -> bool:
+        """Extend one lease now; False when another replica holds it."""
+        now = self.clock()
+        renewed = await asyncio.get_running_loop().run_in_executor(
+            self._renewals,
+            self.outbox.renew_lease,
+            subscription_id,
+            self.owner,
+            now,
+            self.lease_seconds,
+        )
+        if renewed:
+            self._held[subscription_id] = now + timedelta(seconds=self.lease_seconds)
+        return bool(renewed)
+
+    async def _still_held(self, d: DeliveryState) -> None:
+        """Before each call to Slack: is the lease surely ours for a while? Else renew
+        it first, and stop if another replica has it (it may be sending the same)."""
+        until = self._held.get(d.subscription_id)
+        margin = timedelta(seconds=self.lease_seconds / 3)
+        if until is not None and until - self.clock() > margin:
+            return
+        if not await self._extend(d.subscription_id):
+            log.warning(
+                "lost a delivery lease before sending; stopped",
+                extra={"subscription": d.subscription_id},
+            )
+            raise _Stop(CardResult(CardOutcome.LATER))
+
+    # ------------------------------------------------------------------ one subscription
+
+    async def _deliver(self, d: DeliveryState, *, new: bool = False) -> CardResult:
+        """The card first (posted or edited), then the thread's replies, in order."""
+        now = self.clock()
+        if _later(d.channel_wait_until, now):
+            return CardResult(CardOutcome.LATER, "ratelimited")
+        try:
+            ts = d.tracking_ts
+            if ts is None:
+                if not d.active and not d.notifications:
+                    await asyncio.to_thread(
+                        self.outbox.mark_card_done, d.subscription_id, d.card_wanted
+                    )
+                    return _POSTED
+                if _later(d.card_retry_at, now):
+                    return CardResult(CardOutcome.LATER, d.card_error)
+                ts = await self._post_card(d, new=new)
+            elif d.card_done < d.card_wanted and not _later(d.card_retry_at, now):
+                ts = await self._edit_card(d, ts)
+            await self._post_replies(d, ts, now)
+        except _Stop as stop:
+            return stop.result
+        return _POSTED
+
+    async def _post_card(self, d: DeliveryState, *, new: bool = False) -> str:
+        card = self._card(d)
+        await self._still_held(d)
+        try:
+            response = await self._call(
+                "chat_postMessage", channel=d.channel_id, **card.as_kwargs(), **POST_FLAGS
+            )
+        except _Failed as failed:
+            raise _Stop(await self._card_failed(d, failed, posting=True, new=new)) from failed
+        ts = str(response["ts"])
+        # Stored before anything else is posted: the thread hangs off this ts.
+        await asyncio.to_thread(
+            self.outbox.set_tracking_message, d.subscription_id, ts, d.card_wanted
+        )
+        return ts
+
+    async def _edit_card(self, d: DeliveryState, ts: str) -> str:
+        """Edit the card; a card that is gone is posted afresh. Returns the card's ts."""
+        card = self._card(d)
+        await self._still_held(d)
+        try:
+            await self._call(
+                "chat_update", channel=d.channel_id, ts=ts, **card.as_kwargs(), **UPDATE_FLAGS
+            )
+        except _Failed as failed:
+            if failed.error.fate is Fate.CARD_GONE:
+                log.info(
+                    "the tracking card is gone (%s); posting a new one",
+                    failed.detail,
+                    extra={"channel": d.channel_id, "token": d.access_token},
                 )
-            except _CardGone:
-                ts = await self._post_card(d)
-            else:
-                await asyncio.to_thread(
-                    self.outbox.mark_card_done, d.subscription_id, d.card_wanted
-                )
+                return await self._post_card(d)
+            result = await self._card_failed(d, failed, posting=False)
+            if result.outcome is CardOutcome.REFUSED or failed.error.fate is Fate.RATE_LIMITED:
+                # The watch has ended, or the channel must wait: no reply goes now.
+                raise _Stop(result) from failed
+            return ts  # an edit that is backing off holds back no reply
+        await asyncio.to_thread(self.outbox.mark_card_done, d.subscription_id, d.card_wanted)
+        return ts
+
+    async def _post_replies(self, d: DeliveryState, ts: str, now: datetime) -> None:
         for notification in d.notifications:
             if notification.next_attempt_at > now:
-                break  # keep the thread in order: nothing overtakes a message that must wait
+                return  # keep the thread in order: nothing overtakes a message that must wait
             message = render.event_message(
                 notification.event, notification.snapshot, d.subscribed_by, now
             )
-            response = await self._call(
-                d,
-                notification,
-                "chat_postMessage",
-                channel=d.channel_id,
-                thread_ts=ts,
-                reply_broadcast=notification.event.broadcast,
-                **message.as_kwargs(),
-            )
+            await self._still_held(d)
+            try:
+                response = await self._call(
+                    "chat_postMessage",
+                    channel=d.channel_id,
+                    thread_ts=ts,
+                    reply_broadcast=notification.event.broadcast,
+                    **message.as_kwargs(),
+                    **POST_FLAGS,
+                )
+            except _Failed as failed:
+                if await self._reply_failed(d, notification, failed):
+                    continue  # dropped for good: the next reply may go
+                return
             await asyncio.to_thread(
                 self.outbox.mark_sent, notification.id, response.get("ts"), self.clock()
             )
@@ -183,128 +451,217 @@ class Delivery:
             ended_reason=None if d.active else (d.ended_reason or "ended"),
         )
 
-    async def _post_card(self, d: DeliveryState) -> str:
-        card = self._card(d)
-        response = await self._call(
-            d, None, "chat_postMessage", channel=d.channel_id, **card.as_kwargs()
-        )
-        ts = str(response["ts"])
-        # Stored before anything else is posted: the thread hangs off this ts.
-        await asyncio.to_thread(
-            self.outbox.set_tracking_message, d.subscription_id, ts, d.card_wanted
-        )
-        return ts
+    # ------------------------------------------------------------------ Slack, and its errors
 
-    async def _call(
-        self,
-        d: DeliveryState,
-        notification: PendingNotification | None,
-        method: str,
-        **kwargs: Any,
-    ) -> Any:
-        """Call Slack; on failure decide between waiting, rescheduling and ending."""
-        while True:
-            try:
-                return await getattr(self.slack, method)(**kwargs)
-            except SlackApiError as exc:
-                error = str(exc.response.get("error", "")) if exc.response else ""
-                status = exc.response.status_code if exc.response is not None else 0
-                if error == "ratelimited" or status == 429:
-                    wait = _retry_after(exc)
-                    METRICS.slack_rate_limit_waits.inc()
-                    if wait <= MAX_INLINE_WAIT_SECONDS:
-                        log.info(
-                            "Slack rate limit: waiting %.1f s",
-                            wait,
-                            extra={"channel": d.channel_id},
-                        )
-                        await self.sleep(wait)
-                        continue
-                    await self._reschedule(notification, "ratelimited", wait)
-                    raise _Stop() from exc
-                if error in CARD_GONE_ERRORS and method == "chat_update":
-                    raise _CardGone() from exc
-                if error in LOST_CHANNEL_ERRORS or error in REVOKED_ERRORS:
-                    await self._end(d, error)
-                    raise _Stop() from exc
-                if notification is None and error and error not in TRANSIENT_ERRORS:
-                    # A card Slack will never accept: log it once and stop editing it.
-                    log.error(
-                        "Slack refused the tracking card (%s)",
-                        error,
-                        extra={"channel": d.channel_id, "token": d.access_token},
-                    )
-                    await asyncio.to_thread(
-                        self.outbox.mark_card_done, d.subscription_id, d.card_wanted
-                    )
-                    raise _Stop() from exc
-                permanent = bool(error) and error not in TRANSIENT_ERRORS
-                await self._reschedule(notification, error or f"HTTP {status}", None, permanent)
-                raise _Stop() from exc
-            except (TimeoutError, OSError) as exc:
-                await self._reschedule(notification, type(exc).__name__, None)
-                raise _Stop() from exc
-
-    async def _reschedule(
-        self,
-        notification: PendingNotification | None,
-        error: str,
-        wait: float | None,
-        permanent: bool = False,
-    ) -> None:
-        if notification is None:
-            return  # a card edit is simply tried again on a later tick
-        if permanent or notification.attempts + 1 >= MAX_ATTEMPTS:
-            log.error(
-                "giving up on a notification after %d attempts (%s)",
-                notification.attempts + 1,
-                error,
-                extra={"event": notification.event.key},
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        """One Slack call, bounded in time; any failure becomes ``_Failed`` with its fate."""
+        try:
+            return await asyncio.wait_for(
+                getattr(self.slack, method)(**kwargs), timeout=self.call_timeout
             )
-            METRICS.notifications.labels(
-                kind=notification.event.kind.value, outcome="dropped"
-            ).inc()
-            await asyncio.to_thread(self.outbox.drop_notification, notification.id, error)
-            return
-        delay = (
-            wait
-            if wait is not None
-            else min(MAX_RETRY_DELAY_SECONDS, 2.0 * 2**notification.attempts)
+        except SlackApiError as exc:
+            code, status, retry_after = _describe(exc)
+            error = classify(code, status)
+            detail = code or f"HTTP {status}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # aiohttp's ServerDisconnectedError, ClientPayloadError... are not OSErrors.
+            error, detail, retry_after = NETWORK, type(exc).__name__, None
+        METRICS.slack_errors.labels(error=error.code, fate=error.fate.value).inc()
+        if error.fate is Fate.TRANSIENT and error is not NETWORK and not is_known(error.code):
+            log.warning("Slack answered an unknown error (%s); treating it as transient", detail)
+        wait = retry_after_seconds(retry_after) if error.fate is Fate.RATE_LIMITED else None
+        raise _Failed(error, method, detail, wait)
+
+    async def _card_failed(
+        self, d: DeliveryState, failed: _Failed, *, posting: bool, new: bool = False
+    ) -> CardResult:
+        """Decide what a failed card post or edit means; returns what became of the card.
+
+        The caller stops after a failed post (replies need the card); after an edit
+        that must wait, the replies go on.
+        """
+        error, now = failed.error, self.clock()
+        where = {"team": d.team_id, "channel": d.channel_id, "token": d.access_token}
+        if error.fate.permanent:
+            if new:  # the watch command tells the person; nothing is kept
+                return CardResult(CardOutcome.REFUSED, failed.detail, error.hint)
+            if d.active or posting:
+                await self._end(d, failed)
+            else:
+                # The watch had ended already: its last edit cannot be made. Leave it.
+                log.error("Slack refused the final card edit (%s)", failed.detail, extra=where)
+                await asyncio.to_thread(
+                    self.outbox.mark_card_done, d.subscription_id, d.card_wanted
+                )
+            return CardResult(CardOutcome.REFUSED, failed.detail, error.hint)
+        attempts = d.card_attempts + 1
+        if error.fate is Fate.RATE_LIMITED:
+            wait = failed.retry_after or 1.0
+            await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
+        else:
+            wait = _backoff(attempts)
+        if attempts >= _attempt_limit(error):
+            if posting:
+                await self._end(d, failed, gave_up=attempts)
+                return CardResult(CardOutcome.REFUSED, failed.detail, None)
+            log.error(
+                "giving up on editing the tracking card after %d attempts (%s)",
+                attempts,
+                failed.detail,
+                extra=where,
+            )
+            await asyncio.to_thread(self.outbox.mark_card_done, d.subscription_id, d.card_wanted)
+            return CardResult(CardOutcome.LATER, failed.detail)
+        if error.fate is not Fate.RATE_LIMITED:
+            log.warning(
+                "Slack refused to %s the tracking card (%s); trying again in %.0f s",
+                "post" if posting else "edit",
+                failed.detail,
+                wait,
+                extra=where,
+            )
+        await asyncio.to_thread(
+            self.outbox.mark_card_failed,
+            d.subscription_id,
+            failed.detail,
+            now + timedelta(seconds=wait),
         )
-        METRICS.notifications.labels(kind=notification.event.kind.value, outcome="retry").inc()
-        log.warning(
-            "Slack refused a notification (%s); retrying in %.0f s",
-            error,
-            delay,
-            extra={"event": notification.event.key},
-        )
+        return CardResult(CardOutcome.LATER, failed.detail)
+
+    async def _reply_failed(
+        self, d: DeliveryState, notification: PendingNotification, failed: _Failed
+    ) -> bool:
+        """Decide what a failed reply means. True when it was dropped and the next may go."""
+        error, now = failed.error, self.clock()
+        kind = notification.event.kind.value
+        if error.fate.ends_subscription:
+            await self._end(d, failed)
+            return False
+        if error.fate.permanent or error.fate is Fate.CARD_GONE:
+            self._drop(notification, failed.detail, "Slack will never accept it")
+            await asyncio.to_thread(self.outbox.drop_notification, notification.id, failed.detail)
+            return True
+        attempts = notification.attempts + 1
+        if attempts >= _attempt_limit(error):
+            self._drop(notification, failed.detail, f"after {attempts} attempts")
+            await asyncio.to_thread(self.outbox.drop_notification, notification.id, failed.detail)
+            return False
+        if error.fate is Fate.RATE_LIMITED:
+            wait = failed.retry_after or 1.0
+            await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
+        else:
+            wait = _backoff(attempts)
+            log.warning(
+                "Slack refused a notification (%s); retrying in %.0f s",
+                failed.detail,
+                wait,
+                extra={"event": notification.event.key, "channel": d.channel_id},
+            )
+        METRICS.notifications.labels(kind=kind, outcome="retry").inc()
         await asyncio.to_thread(
             self.outbox.mark_attempt_failed,
             notification.id,
+            failed.detail,
+            now + timedelta(seconds=wait),
+        )
+        return False
+
+    def _drop(self, notification: PendingNotification, error: str, why: str) -> None:
+        log.error(
+            "giving up on a notification %s (%s)",
+            why,
             error,
-            self.clock() + timedelta(seconds=delay),
+            extra={"event": notification.event.key},
+        )
+        METRICS.notifications.labels(kind=notification.event.kind.value, outcome="dropped").inc()
+
+    async def _wait(
+        self, team_id: str, channel_id: str, now: datetime, seconds: float, method: str
+    ) -> None:
+        """Slack said wait: store it, so that no replica calls before it is over."""
+        METRICS.slack_rate_limit_waits.inc()
+        log.info(
+            "Slack rate limit on %s: waiting %.0f s",
+            method,
+            seconds,
+            extra={"team": team_id, "channel": channel_id},
+        )
+        await asyncio.to_thread(
+            self.outbox.wait_channel,
+            team_id,
+            channel_id,
+            now + timedelta(seconds=seconds),
+            f"{method}: ratelimited",
         )
 
-    async def _end(self, d: DeliveryState, error: str) -> None:
+    async def _end(self, d: DeliveryState, failed: _Failed, gave_up: int = 0) -> None:
+        """End the subscription: one log line, a metric, and a word to the subscriber."""
+        error = failed.error
+        why = f"gave up after {gave_up} attempts" if gave_up else error.fate.value
         log.warning(
-            "ending subscription: Slack says %s",
-            error,
+            "ending subscription: Slack says %s (%s)",
+            failed.detail,
+            why,
             extra={"team": d.team_id, "channel": d.channel_id, "token": d.access_token},
         )
-        METRICS.notifications.labels(kind="subscription", outcome=error).inc()
+        METRICS.notifications.labels(kind="subscription", outcome=failed.detail).inc()
         await asyncio.to_thread(
-            self.outbox.end_subscription, d.subscription_id, f"Slack: {error}", self.clock()
+            self.outbox.end_subscription,
+            d.subscription_id,
+            f"Slack: {failed.detail}",
+            self.clock(),
         )
+        if error.hint and error.fate in (Fate.LOST_CHANNEL, Fate.FORBIDDEN):
+            await self._tell_subscriber(d, error)
+
+    async def _tell_subscriber(self, d: DeliveryState, error: SlackError) -> None:
+        """One message to whoever subscribed, if Slack still lets the bot speak to them.
+
+        In the channel (privately) when the bot is still in it, else in a direct
+        message (that needs the ``im:write`` scope). Each is tried once.
+        """
+        text = f"I stopped watching import {d.access_token} in <#{d.channel_id}>. {error.hint}"
+        if error.fate is Fate.FORBIDDEN:
+            with contextlib.suppress(_Failed):
+                await self._call(
+                    "chat_postEphemeral", channel=d.channel_id, user=d.subscribed_by, text=text
+                )
+                return
+        try:
+            opened = await self._call("conversations_open", users=d.subscribed_by)
+            dm = str((opened.get("channel") or {}).get("id", ""))
+            await self._call("chat_postMessage", channel=dm, text=text, **POST_FLAGS)
+        except _Failed as failed:
+            log.debug("could not tell the subscriber (%s)", failed.detail)
 
 
-class _CardGone(Exception):
-    """The tracking message was deleted or can no longer be edited."""
+def _attempt_limit(error: SlackError) -> int:
+    return MAX_RATE_LIMITED_ATTEMPTS if error.fate is Fate.RATE_LIMITED else MAX_ATTEMPTS
 
 
-def _retry_after(exc: SlackApiError) -> float:
-    headers = exc.response.headers if exc.response is not None else {}
-    raw = headers.get("Retry-After") or headers.get("retry-after") or "1"
-    try:
-        return max(0.0, float(raw if isinstance(raw, str) else raw[0]))
-    except (TypeError, ValueError):
-        return 1.0
+def _later(when: datetime | None, now: datetime) -> bool:
+    return when is not None and when > now
+
+
+def _backoff(attempts: int) -> float:
+    """2 s, 4 s, 8 s ... after the 1st, 2nd, 3rd failure; at most MAX_BACKOFF_SECONDS."""
+    return min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** max(0, attempts - 1))
+
+
+def _describe(exc: SlackApiError) -> tuple[str | None, int, object]:
+    """Slack's error code, the HTTP status and Retry-After, however the error was raised.
+
+    slack-sdk puts a SlackResponse in ``exc.response``, or the raw aiohttp response
+    when the body was not JSON (a 502 page from a proxy, say).
+    """
+    response = exc.response
+    status = int(getattr(response, "status_code", None) or getattr(response, "status", 0) or 0)
+    code: str | None = None
+    with contextlib.suppress(Exception):
+        value = response.get("error")
+        code = str(value) if value else None
+    headers = getattr(response, "headers", None) or {}
+    retry_after = None
+    with contextlib.suppress(Exception):
+        retry_after = headers.get("Retry-After") or headers.get("retry-after")
+    return code, status, retry_after

@@ -9,7 +9,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain.digest import DigestSummary
-from bot.slack.delivery import TRANSIENT_ERRORS
+from bot.slack.errors import classify
 from bot.slack.links import Permalinks
 from bot.slack.render_reports import digest_message
 from bot.watch.digest import DigestNotSent
@@ -36,8 +36,8 @@ class SlackDigestPoster:
         except SlackApiError as exc:
             error = str(exc.response.get("error", "")) if exc.response is not None else ""
             status = exc.response.status_code if exc.response is not None else 0
-            transient = error in TRANSIENT_ERRORS or status == 429 or status >= 500 or not error
-            raise DigestNotSent(error or f"HTTP {status}", permanent=not transient) from exc
+            permanent = classify(error, status).fate.permanent  # the fates delivery uses
+            raise DigestNotSent(error or f"HTTP {status}", permanent=permanent) from exc
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             raise DigestNotSent(type(exc).__name__, permanent=False) from exc
         return str(answer["ts"])

@@ -2,14 +2,18 @@
 
 A notification row is written in the same transaction as the poll that caused
 it; delivery leases a subscription, brings its channel up to date, and marks
-each message sent as soon as Slack accepts it.
+each message sent as soon as Slack accepts it. Slack's "wait before calling
+again" (HTTP 429) is kept per (workspace, channel) in ``channel_waits``, and a
+subscription is not leased while its channel waits, nor while its card or its
+next reply is backing off: a channel in trouble costs the others nothing.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, exists, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, delete, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.domain.events import Event
@@ -23,7 +27,7 @@ from bot.store.records import (
     status_of,
 )
 from bot.store.subscriptions import end_subscriptions
-from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
+from bot.store.tables import ChannelWaitRow, ImportRow, NotificationRow, SubscriptionRow
 
 
 class Outbox:
@@ -35,16 +39,15 @@ class Outbox:
     def claim_deliveries(
         self, owner: str, now: datetime, limit: int, lease_seconds: float
     ) -> list[int]:
-        """Lease subscriptions whose channel has something to be told."""
-        pending = exists().where(
-            NotificationRow.subscription_id == SubscriptionRow.id,
-            NotificationRow.state == PENDING,
-            NotificationRow.next_attempt_at <= now,
-        )
+        """Lease subscriptions whose channel has something to be told now.
+
+        Not leased: a subscription whose channel Slack asked to wait, whose card is
+        backing off, or whose next reply is not due yet.
+        """
         due = (
             select(SubscriptionRow.id)
             .where(
-                or_(SubscriptionRow.card_done < SubscriptionRow.card_wanted, pending),
+                _deliverable(now),
                 or_(SubscriptionRow.lease_until.is_(None), SubscriptionRow.lease_until < now),
             )
             .order_by(SubscriptionRow.id)
@@ -85,7 +88,24 @@ class Outbox:
                 ).rowcount
             )
 
+    def renew_lease(
+        self, subscription_id: int, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Extend this replica's lease while it is still sending; False if it was lost."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(SubscriptionRow)
+                    .where(
+                        SubscriptionRow.id == subscription_id,
+                        SubscriptionRow.lease_owner == owner,
+                    )
+                    .values(lease_until=now + timedelta(seconds=lease_seconds))
+                ).rowcount
+            )
+
     def delivery(self, subscription_id: int) -> DeliveryState | None:
+        """Everything delivery needs about one subscription, its waits included."""
         with Session(self.engine) as conn:
             row = conn.execute(
                 select(SubscriptionRow, ImportRow)
@@ -114,6 +134,12 @@ class Outbox:
                 )
                 for n in notifications
             ]
+            channel_wait = conn.execute(
+                select(ChannelWaitRow.not_before).where(
+                    ChannelWaitRow.team_id == sub.team_id,
+                    ChannelWaitRow.channel_id == sub.channel_id,
+                )
+            ).scalar()
             return DeliveryState(
                 subscription_id=sub.id,
                 team_id=sub.team_id,
@@ -130,17 +156,23 @@ class Outbox:
                 rate_base_at=imp.rate_base_at,
                 rate_base_done=imp.rate_base_done,
                 notifications=pending,
+                card_attempts=sub.card_attempts,
+                card_retry_at=sub.card_retry_at,
+                card_error=sub.card_error,
+                channel_wait_until=channel_wait,
             )
 
     def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:
+        """The card is posted: its ts, the version it shows, and its backoff cleared."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(SubscriptionRow)
                 .where(SubscriptionRow.id == subscription_id)
-                .values(tracking_ts=ts, card_done=card_version)
+                .values(tracking_ts=ts, card_done=card_version, **_CARD_HEALTHY)
             )
 
     def mark_card_done(self, subscription_id: int, card_version: int) -> None:
+        """The card shows ``card_version`` (or that version is given up); backoff cleared."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(SubscriptionRow)
@@ -148,7 +180,47 @@ class Outbox:
                     SubscriptionRow.id == subscription_id,
                     SubscriptionRow.card_done < card_version,
                 )
-                .values(card_done=card_version)
+                .values(card_done=card_version, **_CARD_HEALTHY)
+            )
+
+    def mark_card_failed(self, subscription_id: int, error: str, retry_at: datetime) -> None:
+        """Posting or editing the card failed: count it and try again no sooner than then."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.id == subscription_id)
+                .values(
+                    card_attempts=SubscriptionRow.card_attempts + 1,
+                    card_error=error[:200],
+                    card_retry_at=retry_at,
+                )
+            )
+
+    def wait_channel(
+        self, team_id: str, channel_id: str, not_before: datetime, reason: str
+    ) -> None:
+        """Slack said wait: nothing goes to this channel before ``not_before``.
+        An earlier wait never shortens a later one."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(ChannelWaitRow).values(
+            team_id=team_id, channel_id=channel_id, not_before=not_before, reason=reason[:200]
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["team_id", "channel_id"],
+                    set_={"not_before": not_before, "reason": reason[:200]},
+                    where=ChannelWaitRow.not_before < not_before,
+                )
+            )
+
+    def clear_waits(self, now: datetime) -> int:
+        """Forget waits that are over (housekeeping; an old row changes nothing)."""
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    delete(ChannelWaitRow).where(ChannelWaitRow.not_before <= now)
+                ).rowcount
             )
 
     def mark_sent(self, notification_id: int, ts: str | None, now: datetime) -> None:
@@ -160,6 +232,8 @@ class Outbox:
             )
 
     def mark_attempt_failed(self, notification_id: int, error: str, retry_at: datetime) -> None:
+        """A reply failed: try it again at ``retry_at``; the replies after it wait too
+        (the thread keeps its order, and the subscription is not leased meanwhile)."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(NotificationRow)
@@ -169,6 +243,21 @@ class Outbox:
                     last_error=error[:200],
                     next_attempt_at=retry_at,
                 )
+            )
+            subscription_id = (
+                select(NotificationRow.subscription_id)
+                .where(NotificationRow.id == notification_id)
+                .scalar_subquery()
+            )
+            conn.execute(
+                update(NotificationRow)
+                .where(
+                    NotificationRow.subscription_id == subscription_id,
+                    NotificationRow.state == PENDING,
+                    NotificationRow.id > notification_id,
+                    NotificationRow.next_attempt_at < retry_at,
+                )
+                .values(next_attempt_at=retry_at)
             )
 
     def drop_notification(self, notification_id: int, error: str) -> None:
@@ -207,3 +296,30 @@ class Outbox:
                 .where(SubscriptionRow.lease_owner == owner)
                 .values(lease_owner=None, lease_until=None)
             )
+
+
+# What a card that has just succeeded looks like: no failures, no backoff.
+_CARD_HEALTHY = {"card_attempts": 0, "card_retry_at": None, "card_error": None}
+
+
+def _deliverable(now: datetime) -> ColumnElement[bool]:
+    """A subscription with something to send now, and nothing telling it to wait."""
+    channel_waits = exists().where(
+        ChannelWaitRow.team_id == SubscriptionRow.team_id,
+        ChannelWaitRow.channel_id == SubscriptionRow.channel_id,
+        ChannelWaitRow.not_before > now,
+    )
+    card_due = and_(
+        SubscriptionRow.card_done < SubscriptionRow.card_wanted,
+        or_(SubscriptionRow.card_retry_at.is_(None), SubscriptionRow.card_retry_at <= now),
+    )
+    reply_due = and_(
+        # Replies hang off the card: none before it is posted.
+        SubscriptionRow.tracking_ts.is_not(None),
+        exists().where(
+            NotificationRow.subscription_id == SubscriptionRow.id,
+            NotificationRow.state == PENDING,
+            NotificationRow.next_attempt_at <= now,
+        ),
+    )
+    return and_(~channel_waits, or_(card_due, reply_due))

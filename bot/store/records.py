@@ -113,6 +113,12 @@ class DeliveryState:
     rate_base_at: datetime | None
     rate_base_done: int | None
     notifications: list[PendingNotification]
+    #: Failed tries at the card since it last succeeded, and when it may be tried again.
+    card_attempts: int = 0
+    card_retry_at: datetime | None = None
+    card_error: str | None = None
+    #: Slack's "not before" for this channel: no card and no reply goes before it.
+    channel_wait_until: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -41,8 +41,15 @@ class Subscriptions:
         user_id: str,
         now: datetime,
         next_poll_at: datetime,
+        lease_owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> Subscribed:
-        """Watch an import in a channel; an existing active watch is returned unchanged."""
+        """Watch an import in a channel; an existing active watch is returned unchanged.
+
+        With ``lease_owner`` a new subscription starts leased to it for ``lease_seconds``:
+        the watch command posts the card itself and must know how that went, so no
+        background delivery may pick the subscription up in between.
+        """
         with self.engine.begin() as conn:
             import_id = self._ensure_import(conn, client_id, status, now, next_poll_at)
             existing = conn.execute(
@@ -66,6 +73,10 @@ class Subscriptions:
                     state=ACTIVE,
                     card_wanted=1,
                     card_done=0,
+                    lease_owner=lease_owner,
+                    lease_until=(
+                        now + timedelta(seconds=lease_seconds) if lease_owner is not None else None
+                    ),
                 )
                 .returning(SubscriptionRow.id)
             ).scalar_one()
@@ -140,6 +151,29 @@ class Subscriptions:
                 )
             ).scalar_one()
         )
+
+    def forget(self, subscription_id: int) -> bool:
+        """Remove a subscription as if it never was (its card could not be posted).
+
+        Its notifications go too, and its import when nothing else refers to it, so
+        nothing is left watched. False if there was no such subscription.
+        """
+        with self.engine.begin() as conn:
+            import_id = conn.execute(
+                select(SubscriptionRow.import_id).where(SubscriptionRow.id == subscription_id)
+            ).scalar()
+            if import_id is None:
+                return False
+            conn.execute(
+                delete(NotificationRow).where(NotificationRow.subscription_id == subscription_id)
+            )
+            conn.execute(delete(SubscriptionRow).where(SubscriptionRow.id == subscription_id))
+            referenced = conn.execute(
+                select(exists().where(SubscriptionRow.import_id == import_id))
+            ).scalar()
+            if not referenced:
+                conn.execute(delete(ImportRow).where(ImportRow.id == import_id))
+            return True
 
     def unsubscribe(
         self,

@@ -112,6 +112,11 @@ class SubscriptionRow(Base):
     # The card needs an edit while card_done < card_wanted.
     card_wanted: Mapped[int] = mapped_column(Integer, default=1)
     card_done: Mapped[int] = mapped_column(Integer, default=0)
+    # Failed tries at posting or editing the card since it last succeeded, and when to
+    # try again (backoff), so a card Slack refuses is neither retried every tick nor forever.
+    card_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    card_retry_at: Mapped[datetime | None]
+    card_error: Mapped[str | None] = mapped_column(String(200))
     lease_owner: Mapped[str | None] = mapped_column(String(80))
     lease_until: Mapped[datetime | None]
 
@@ -184,3 +189,18 @@ class DigestRow(Base):
     last_error: Mapped[str | None] = mapped_column(String(200))
     lease_owner: Mapped[str | None] = mapped_column(String(80))
     lease_until: Mapped[datetime | None]
+
+
+class ChannelWaitRow(Base):
+    """Slack asked the bot to wait (HTTP 429, Retry-After) before its next call here.
+
+    Keyed by workspace and channel: a rate-limited channel holds back its own cards
+    and replies, and nothing else. A row, not memory, so every replica honours it.
+    """
+
+    __tablename__ = "channel_waits"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    not_before: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(String(200))

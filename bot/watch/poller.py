@@ -1,8 +1,8 @@
 """The poll engine: lease what is due, ask the API once per import, save, notify.
 
 A tick streams due imports through ``concurrency`` requests at a time, saving
-finished polls in batches and delivering what the channels should be told as
-it goes. One slow or failing import never holds up the others: each request
+finished polls in batches and waking delivery (which runs on its own loop)
+when they produced notifications. One slow or failing import never holds up the others: each request
 has its own timeout, its poll finishes in the background if need be, and its
 failure only moves that import's next poll.
 
@@ -44,9 +44,13 @@ class StatusSource(Protocol):
 
 
 class Deliverer(Protocol):
-    """What the poller asks of delivery: bring every channel that is due up to date."""
+    """What the poller asks of delivery: look for channels to bring up to date.
 
-    async def deliver_due(self) -> int: ...
+    Delivery runs on its own loop; waking it returns at once, so a tick never
+    waits on Slack.
+    """
+
+    def wake(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,6 @@ class TickReport:
 
     polled: int
     notifications: int
-    delivered: int
     seconds: float
     #: Polls this tick started (some may finish in a later tick).
     started: int = 0
@@ -116,12 +119,12 @@ class Poller:
         self._limit = asyncio.Semaphore(settings.poll_concurrency)
 
     async def tick(self) -> TickReport:
-        """Poll what is due and deliver what the channels should be told. Never raises.
+        """Poll what is due and have the channels told. Never raises; never waits on Slack.
 
         The tick streams: it keeps up to ``capacity`` leased imports in flight
         (``concurrency`` requests at a time), and every ``FLUSH_SECONDS`` it
-        saves the polls that have finished (one batched transaction), delivers
-        the notifications they produced, and leases more due imports. It ends
+        saves the polls that have finished (one batched transaction), wakes
+        delivery for the notifications they produced, and leases more due imports. It ends
         when nothing is due; polls still waiting on a slow API then go on in the
         background and the next tick saves them, so one slow import never delays
         the others' notifications.
@@ -131,11 +134,10 @@ class Poller:
         """
         loop = asyncio.get_running_loop()
         started_at = loop.time()
-        polled = created = delivered = started = given_back = 0
+        polled = created = started = given_back = 0
         nothing_due_since: float | None = None
         failed = False
         try:
-            delivered += await self.delivery.deliver_due()
             while not self.stopping:
                 started_now = await self._refill()
                 started += started_now
@@ -144,7 +146,7 @@ class Poller:
                 created += new_events
                 given_back += returned
                 if new_events:
-                    delivered += await self.delivery.deliver_due()
+                    self.delivery.wake()
                 self._succeeded()
                 if not started_now and not self._in_flight:
                     break
@@ -176,7 +178,7 @@ class Poller:
         seconds = loop.time() - started_at
         METRICS.tick_duration.observe(seconds)
         METRICS.ticks.labels(outcome="failed" if failed else "ok").inc()
-        return TickReport(polled, created, delivered, seconds, started, given_back, failed)
+        return TickReport(polled, created, seconds, started, given_back, failed)
 
     def _succeeded(self) -> None:
         self.last_tick_at = self.clock()

@@ -52,6 +52,7 @@ def bot(harness: Harness) -> BotProcess:
 def person(
     harness: Harness, bot: BotProcess, user: str, channel: str, team: str = "T0001"
 ) -> SlackUser:
+    harness.emulator.invite_bot(channel)  # this module is about who may ask, not where
     return SlackUser(
         bot.events_url, SIGNING_SECRET, harness.emulator, team, channel_id=channel, user_id=user
     )

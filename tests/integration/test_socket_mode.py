@@ -1,8 +1,8 @@
 """`import-status-bot socket`: no public Slack URL, but health and metrics on the port.
 
-The Slack emulator does not speak the Socket Mode protocol, so this shows what
-an operator sees when Slack cannot be reached: the bot keeps running, keeps
-retrying, and /healthz says the socket is disconnected.
+With an app token Slack does not know, this shows what an operator sees when the
+socket cannot be opened: the bot keeps running, keeps retrying, and /healthz says
+the socket is disconnected (test_socket_mode_e2e.py: the socket working).
 """
 
 import httpx

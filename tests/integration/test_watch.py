@@ -70,6 +70,7 @@ def place() -> Place:
 
 @pytest.fixture
 def user(harness: Harness, bot: BotProcess, place: Place) -> Iterator[SlackUser]:
+    harness.emulator.invite_bot(place.other_channel)  # harness.user invites to place.channel
     with harness.user(bot, channel_id=place.channel, user_id=place.user_id) as slack_user:
         yield slack_user
 

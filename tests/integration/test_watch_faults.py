@@ -71,6 +71,7 @@ class Place:
 @pytest.fixture
 def place(harness: Harness) -> Iterator[Place]:
     n = next(_numbers)
+    harness.emulator.invite_bot(f"CG{n:03d}")  # harness.user invites to the first channel
     yield Place(f"CF{n:03d}", f"CG{n:03d}", f"UF{n:03d}", 5000 + 10 * n, 5001 + 10 * n)
     harness.sim.clear_faults()
     harness.emulator.clear_errors()
@@ -207,6 +208,7 @@ def test_an_import_whose_api_calls_time_out_does_not_delay_a_healthy_one(
     slow, fine = place.token, place.other_token
     harness.sim.add_import(slow, status="Processing", ValidationSuccessful=1000)
     harness.sim.add_import(fine, status="Queued", ValidationSuccessful=1000)
+    harness.emulator.invite_bot(place.other_channel)
     with harness.user(bot, channel_id=place.channel, user_id=place.user_id) as user:
         watch(harness, user, slow)
         fine_card = watch(harness, user, fine, channel=place.other_channel)
@@ -317,6 +319,8 @@ def test_polling_adapts_to_each_import_and_a_failing_one_holds_up_no_other(
     harness.sim.add_import(idle, status="Staging")
     harness.sim.add_import(active, status="Processing", ValidationSuccessful=1000)
     harness.sim.add_import(failing, status="Processing", ValidationSuccessful=1000)
+    for t in (idle, active, failing):
+        harness.emulator.invite_bot(f"{place.channel}{t}")
     cards = {
         t: watch(harness, user, t, channel=f"{place.channel}{t}") for t in (idle, active, failing)
     }

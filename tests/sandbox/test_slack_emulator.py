@@ -77,6 +77,10 @@ def served() -> Iterator[SlackEmulator]:
 @pytest.fixture
 def emulator(served: SlackEmulator) -> SlackEmulator:
     served.reset()
+    # The bot was invited to the channels these tests post in (tests/sandbox/
+    # test_slack_emulator_strict.py shows what happens where it was not).
+    for channel in ("C0001", "C1", "C2"):
+        served.create_channel(channel, members=["U1", "U9", "U0001"], invite_bot=True)
     return served
 
 
@@ -174,6 +178,7 @@ def test_auth_test_and_conversations_info(emulator: SlackEmulator, client: WebCl
     assert (me["team_id"], me["user_id"]) == ("T0001", "UBOT")
     assert me["bot_id"] and me["url"]
 
+    emulator.set_scopes({"chat:write", "channels:read"})  # the manifest asks for no read scope
     assert client.conversations_info(channel="C1")["channel"]["id"] == "C1"
     emulator.set_channel_state("C1", "is_archived")
     assert client.conversations_info(channel="C1")["channel"]["is_archived"] is True
@@ -553,6 +558,11 @@ def test_control_endpoints_read_and_steer(emulator: SlackEmulator, client: WebCl
 
 
 def test_thousands_of_concurrent_posts_get_unique_ordered_ts(emulator: SlackEmulator) -> None:
+    # About ts, not rate limits: 250 posts a channel at once would be refused by Slack.
+    emulator.set_rate_limit("chat.postMessage", None)
+    for i in range(8):
+        emulator.invite_bot(f"C{i}")
+
     def post_many(channel: str) -> None:
         client = WebClient(token=TOKEN, base_url=emulator.api_url())
         for n in range(250):

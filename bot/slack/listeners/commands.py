@@ -21,7 +21,7 @@ from bot.clock import utcnow
 from bot.metrics import METRICS
 from bot.mypreferences.errors import ApiError
 from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
-from bot.service import ImportService, WatchResult
+from bot.service import CardOutcome, ImportService, WatchOutcome, WatchResult
 from bot.slack import render
 from bot.slack.listeners.access import AccessControl
 
@@ -117,11 +117,23 @@ async def answer(
     done, _ = await asyncio.wait({task}, timeout=QUICK_ANSWER_SECONDS)
     if done:
         message = task.result()
-        await ack(response_type="ephemeral", **message.as_kwargs())
+        # No link previews (Slack accepts these two in acks and response_url posts).
+        await ack(
+            response_type="ephemeral",
+            **message.as_kwargs(),
+            unfurl_links=False,
+            unfurl_media=False,
+        )
         return
     await ack(response_type="ephemeral", text=pending_text)
     message = await task
-    await respond(response_type="ephemeral", replace_original=False, **message.as_kwargs())
+    await respond(
+        response_type="ephemeral",
+        replace_original=False,
+        **message.as_kwargs(),
+        unfurl_links=False,
+        unfurl_media=False,
+    )
 
 
 async def guarded(
@@ -245,10 +257,7 @@ class CommandHandler:
             )
         if outcome.result is WatchResult.ALREADY:
             return render.notice(f"This channel is already watching import {token}.")
-        return render.notice(
-            f"Watching import {token} in this channel. I will post here when it moves, "
-            "finishes, fails or is about to expire."
-        )
+        return render.notice(watch_answer(token, outcome))
 
     async def unwatch(
         self, team_id: str, channel_id: str, user_id: str, token: int
@@ -273,3 +282,30 @@ class CommandHandler:
             for w in watches
         ]
         return render.watch_list_message(rows, utcnow())
+
+
+def watch_answer(token: int, outcome: WatchOutcome) -> str:
+    """What the person who typed ``watch`` reads: what became of the tracking card."""
+    card = outcome.card
+    if outcome.result is WatchResult.REFUSED:
+        if card is not None and card.hint:
+            if card.error in ("not_in_channel", "channel_not_found"):
+                return card.hint  # the whole story: invite the bot, try again
+            return f"I can't watch import {token} here. {card.hint}"
+        error = card.error if card is not None else "unknown"
+        return (
+            f"I can't watch import {token} here: Slack refused its tracking card ({error}). "
+            "Nothing was saved, and the error has been logged."
+        )
+    after = "I will post in its thread when it moves, finishes, fails or is about to expire."
+    if card is not None and card.outcome is CardOutcome.LATER:
+        why = (
+            "Slack asked me to slow down"
+            if card.error in (None, "ratelimited")
+            else f"Slack did not take it just now ({card.error})"
+        )
+        return (
+            f"Watching import {token} in this channel. {why}, so its tracking card "
+            f"will appear shortly; {after}"
+        )
+    return f"Watching import {token} in this channel: its tracking card is posted, and {after}"

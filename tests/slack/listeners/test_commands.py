@@ -124,7 +124,12 @@ async def test_a_quick_answer_goes_in_the_ack_itself() -> None:
     await answer(slack.ack, slack.respond, quick(), "Looking up import 42…")  # type: ignore[arg-type]
 
     assert slack.acks == [
-        {"response_type": "ephemeral", **notice("Import 42: Processing").as_kwargs()}
+        {
+            "response_type": "ephemeral",
+            **notice("Import 42: Processing").as_kwargs(),
+            "unfurl_links": False,  # no link previews (an import's name may hold a URL)
+            "unfurl_media": False,
+        }
     ]
     assert slack.responses == []
 
@@ -148,6 +153,8 @@ async def test_a_slow_answer_is_acked_with_a_placeholder_then_responded(
             "response_type": "ephemeral",
             "replace_original": False,
             **notice("Import 42: Completed").as_kwargs(),
+            "unfurl_links": False,
+            "unfurl_media": False,
         }
     ]
 
