@@ -218,6 +218,29 @@ def test_active_watches_of_one_person(store: Store) -> None:
 # --- the migration --------------------------------------------------------------------
 
 
+def _watch_in_the_first_schema(engine: Engine, token: int) -> None:
+    """A watch written as the first release wrote it (its columns only, plain SQL)."""
+    stamp = NOW.replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO imports (client_id, access_token, name, status, version,"
+                " transitions, first_seen_at, next_poll_at, failures, trouble_notified)"
+                " VALUES ('c', :token, :name, 'Processing', 1, 0, :now, :now, 0, false)"
+            ),
+            {"token": token, "name": f"Import {token}", "now": stamp},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO subscriptions (team_id, channel_id, import_id, subscribed_by,"
+                " subscribed_at, state, card_wanted, card_done)"
+                " SELECT 'T1', 'C1', id, 'U1', :now, 'active', 1, 0 FROM imports"
+                " WHERE access_token = :token"
+            ),
+            {"token": token, "now": stamp},
+        )
+
+
 def test_upgrade_from_the_first_schema_keeps_the_data_and_starts_with_defaults(
     tmp_path: Path,
 ) -> None:
@@ -228,7 +251,7 @@ def test_upgrade_from_the_first_schema_keeps_the_data_and_starts_with_defaults(
             config.attributes["connection"] = connection
             command.upgrade(config, "0001")
             connection.commit()
-        _watch(Store(engine), 77)  # the first schema's tables are all this needs
+        _watch_in_the_first_schema(engine, 77)
         migrate(engine)
         store = Store(engine)
         assert [w.access_token for w in store.history.active("T1")] == [77]

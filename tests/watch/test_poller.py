@@ -233,12 +233,13 @@ def hanging() -> Answer:
 
 
 class FakeDelivery:
-    def __init__(self) -> None:
-        self.calls = 0
+    """Delivery runs on its own loop: the poller only wakes it."""
 
-    async def deliver_due(self) -> int:
-        self.calls += 1
-        return 0
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
 
 
 def poller(
