@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
+from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.slack.render import ACTION_REFRESH, ACTION_UNWATCH, ACTION_WATCH
 
@@ -47,9 +47,8 @@ def open_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness
 
 
 def person(harness: Harness, bot: BotProcess, user: str, channel: str) -> SlackUser:
-    return SlackUser(
-        bot.events_url, SIGNING_SECRET, harness.emulator, channel_id=channel, user_id=user
-    )
+    """Someone in ``channel``, where the bot was invited (as the README says to)."""
+    return harness.user(bot, channel_id=channel, user_id=user)
 
 
 def final(user: SlackUser, result: Any) -> str:

@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from bot.sandbox.harness import BotProcess, Harness
-from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
+from bot.sandbox.slack_emulator import message_text, wait_for
 
 TICK_SECONDS = 0.5
 TOKEN = 93_001
@@ -55,9 +55,7 @@ def failed_ticks(bot: BotProcess) -> float:
 
 def watch(harness: Harness, bot: BotProcess) -> None:
     harness.sim.add_import(TOKEN, name="Outage import", status="Processing")
-    with SlackUser(
-        bot.events_url, "harness-signing-secret-8f2c1e", harness.emulator, channel_id=CHANNEL
-    ) as user:
+    with harness.user(bot, channel_id=CHANNEL) as user:
         result = user.command(f"watch {TOKEN}")
         assert result.status_code == 200
         body = result.ack_body

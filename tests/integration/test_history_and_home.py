@@ -43,6 +43,8 @@ def n() -> int:
 
 
 def person(harness: Harness, bot: BotProcess, team: str, channel: str, user: str) -> SlackUser:
+    """Someone in ``channel`` of workspace ``team``, where the bot was invited."""
+    harness.emulator.invite_bot(channel)
     return SlackUser(
         bot.events_url, SIGNING_SECRET, harness.emulator, team, channel_id=channel, user_id=user
     )

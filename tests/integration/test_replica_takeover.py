@@ -44,6 +44,10 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Harness, list[
     with Harness(
         tmp_path / "harness", database_url=postgres_url, poll_interval=POLL_INTERVAL
     ) as harness:
+        # This test is about leases, not Slack's limits: 90 card edits in one workspace
+        # would take two minutes at chat.update's Tier 3 (tests/integration/
+        # test_slack_as_it_is.py covers the limits). chat.postMessage keeps its own.
+        harness.emulator.set_rate_limit("chat.update", 6000)
         bots = [
             harness.start_bot(
                 LOOKUP_RATE_LIMIT=1_000_000,
@@ -58,6 +62,8 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Harness, list[
 
 def _watch_all(harness: Harness, bots: Sequence[BotProcess], tokens: Sequence[int]) -> None:
     users = [harness.user(bot) for bot in bots]
+    for index in range(CHANNELS):
+        harness.emulator.invite_bot(f"C{index:04d}")
     try:
 
         def watch(index: int) -> str:
