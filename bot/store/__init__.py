@@ -1,13 +1,15 @@
 """The database, behind a narrow interface (``interface.py``), one module per concern.
 
-``Store`` bundles the three parts over one engine: ``subscriptions`` (the
-commands), ``polls`` (the poller) and ``outbox`` (delivery).
+``Store`` bundles the parts over one engine: ``subscriptions`` (the
+commands), ``polls`` (the poller), ``outbox`` (delivery) and ``archives`` (the
+exceptions archive).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from bot.store.archives import Archives
 from bot.store.outbox import Outbox
 from bot.store.polls import Polls
 from bot.store.subscriptions import Subscriptions
@@ -21,8 +23,10 @@ class Store:
         self.subscriptions = Subscriptions(engine)
         self.polls = Polls(engine)
         self.outbox = Outbox(engine)
+        self.archives = Archives(engine)
 
     def release_leases(self, owner: str) -> None:
         """Give back every lease this replica holds (graceful shutdown)."""
         self.polls.release_leases(owner)
         self.outbox.release_leases(owner)
+        self.archives.release_leases(owner)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.domain.events import Event
+from bot.store.archives import archive_note
 from bot.store.records import (
     ACTIVE,
     DROPPED,
@@ -130,6 +131,7 @@ class Outbox:
                 rate_base_at=imp.rate_base_at,
                 rate_base_done=imp.rate_base_done,
                 notifications=pending,
+                exceptions=archive_note(conn.connection(), subscription_id),
             )
 
     def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:

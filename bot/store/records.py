@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.domain.archiving import ArchiveKind
 from bot.domain.events import Event
 from bot.domain.rules import Decision, Memory
 from bot.domain.status import ImportStatus, Status
@@ -95,6 +96,22 @@ class PendingNotification:
 
 
 @dataclass(frozen=True)
+class ArchiveNote:
+    """What a tracking card says about its import's exceptions (the latest archive posted)."""
+
+    kind: ArchiveKind
+    records: int | None
+    expected: int | None
+    stopped: str | None
+    cut: bool
+    error: str | None
+    #: the EXCEPTIONS_FILE mode the channel got
+    mode: str | None
+    #: a file was posted (not only a message)
+    has_file: bool
+
+
+@dataclass(frozen=True)
 class DeliveryState:
     """Everything delivery needs to bring one subscription's channel up to date."""
 
@@ -113,6 +130,8 @@ class DeliveryState:
     rate_base_at: datetime | None
     rate_base_done: int | None
     notifications: list[PendingNotification]
+    #: the import's exceptions archive as posted in this thread (the card's line)
+    exceptions: ArchiveNote | None = None
 
 
 @dataclass(frozen=True)
