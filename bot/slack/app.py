@@ -15,6 +15,7 @@ from bot.service import ImportService
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.actions import ActionHandler
 from bot.slack.listeners.commands import CommandHandler
+from bot.slack.listeners.exceptions import ExceptionsButton, ExceptionsRequests
 from bot.slack.listeners.lifecycle import WorkspaceEvents
 from bot.store.interface import SubscriptionStore
 
@@ -28,6 +29,7 @@ def build_app(
     service: ImportService,
     access: AccessControl,
     subscriptions: SubscriptionStore,
+    exceptions: ExceptionsRequests | None = None,
 ) -> AsyncApp:
     """The Bolt AsyncApp with every listener registered.
 
@@ -46,9 +48,10 @@ def build_app(
         raise_error_for_unhandled_request=False,
     )
     app.middleware(ignore_retried_interactions)
-    commands = CommandHandler(service, access)
+    commands = CommandHandler(service, access, exceptions)
     commands.register(app)
     ActionHandler(commands).register(app)
+    ExceptionsButton(exceptions, access).register(app)
     WorkspaceEvents(subscriptions).register(app)
     app.error(_log_listener_error)
     return app

@@ -20,6 +20,7 @@ from bot.clock import Clock, utcnow
 from bot.domain.eta import estimate_seconds_left
 from bot.metrics import METRICS
 from bot.slack import render
+from bot.slack.render_exceptions import card_line
 from bot.store.interface import OutboxStore
 from bot.store.records import DeliveryState, PendingNotification
 
@@ -181,6 +182,7 @@ class Delivery:
             subscribed_at=d.subscribed_at,
             eta_seconds=eta,
             ended_reason=None if d.active else (d.ended_reason or "ended"),
+            exceptions_line=card_line(d.exceptions) if d.exceptions is not None else None,
         )
 
     async def _post_card(self, d: DeliveryState) -> str:

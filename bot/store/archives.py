@@ -78,6 +78,8 @@ class UploadTarget:
     wanted: bool
     #: the card is posted and every notification from before the archive is sent
     ready: bool
+    #: failed tries of this upload so far
+    attempts: int = 0
 
 
 def channel_exceptions_mode(conn: Connection, team_id: str, channel_id: str) -> str | None:
@@ -253,6 +255,7 @@ class Archives:
             rows = conn.execute(
                 select(
                     ArchiveUploadRow.id,
+                    ArchiveUploadRow.attempts,
                     SubscriptionRow.id.label("subscription_id"),
                     SubscriptionRow.team_id,
                     SubscriptionRow.channel_id,
@@ -280,6 +283,7 @@ class Archives:
                     mode=channel_exceptions_mode(conn, r.team_id, r.channel_id),
                     wanted=r.state == ACTIVE or r.ended_reason in _FINISHED_REASONS,
                     ready=r.tracking_ts is not None and not r.behind,
+                    attempts=r.attempts,
                 )
                 for r in rows
             ]
@@ -419,6 +423,11 @@ class Archives:
                 .where(ArchiveRow.lease_owner == owner)
                 .values(lease_owner=None, lease_until=None)
             )
+
+    def channel_mode(self, team_id: str, channel_id: str) -> str | None:
+        """A channel's own ``exceptions`` setting (see ``channel_exceptions_mode``)."""
+        with self.engine.connect() as conn:
+            return channel_exceptions_mode(conn, team_id, channel_id)
 
     def note_for(self, subscription_id: int) -> ArchiveNote | None:
         """What the subscription's card says about exceptions (see ``archive_note``)."""

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
@@ -24,6 +24,9 @@ from bot.service import ImportService, WatchResult
 from bot.slack import render
 from bot.slack.listeners.access import AccessControl
 
+if TYPE_CHECKING:
+    from bot.slack.listeners.exceptions import ExceptionsRequests
+
 log = logging.getLogger(__name__)
 
 COMMAND = "/import-status"
@@ -34,7 +37,7 @@ QUICK_ANSWER_SECONDS = 1.5
 
 @dataclass(frozen=True)
 class Command:
-    verb: str  # lookup | watch | unwatch | list | help | invalid
+    verb: str  # lookup | watch | unwatch | exceptions | list | help | invalid
     access_token: int | None = None
     problem: str | None = None
 
@@ -46,6 +49,7 @@ _VERBS = {
     "unsubscribe": "unwatch",
     "list": "list",
     "help": "help",
+    "exceptions": "exceptions",
 }
 
 
@@ -63,13 +67,21 @@ def parse_command(text: str | None) -> Command:
         if len(words) > 1:
             return Command("invalid", problem=f"`{first}` takes no arguments.")
         return Command(verb)
-    if verb in ("watch", "unwatch"):
+    if verb in ("watch", "unwatch", "exceptions"):
         if len(words) != 2:
             return Command("invalid", problem=f"`{first}` needs exactly one access token.")
         return _with_token(verb, words[1])
     if len(words) == 1:
         return _with_token("lookup", words[0])
     return Command("invalid", problem="I did not understand that.")
+
+
+def pending_exceptions_text(access_token: int) -> str:
+    """The acknowledgement while an import's exceptions are fetched."""
+    return (
+        f"Fetching the exceptions of import {access_token}… I will answer here, "
+        "and send the file to your direct messages."
+    )
 
 
 def _with_token(verb: str, word: str) -> Command:
@@ -113,9 +125,16 @@ async def guarded(
 
 
 class CommandHandler:
-    def __init__(self, service: ImportService, access: AccessControl) -> None:
+    def __init__(
+        self,
+        service: ImportService,
+        access: AccessControl,
+        exceptions: ExceptionsRequests | None = None,
+    ) -> None:
         self.service = service
         self.access = access
+        #: ``exceptions TOKEN`` (None: not available in this process)
+        self.exceptions = exceptions
 
     def register(self, app: AsyncApp) -> None:
         app.command(COMMAND)(self.handle)
@@ -132,7 +151,7 @@ class CommandHandler:
         if parsed.verb == "help":
             await ack(response_type="ephemeral", **render.usage_message().as_kwargs())
             return
-        if parsed.verb in ("lookup", "watch"):
+        if parsed.verb in ("lookup", "watch", "exceptions"):
             denial = await self.access.check(team_id, channel_id, user_id, parsed.verb)
             if denial is not None:
                 await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
@@ -147,6 +166,7 @@ class CommandHandler:
             "lookup": (self._lookup, f"Looking up import {token}…"),
             "watch": (self.watch, f"Checking import {token} before watching it…"),
             "unwatch": (self.unwatch, f"Stopping the watch of import {token}…"),
+            "exceptions": (self._exceptions, pending_exceptions_text(token)),
         }[parsed.verb]
         work = guarded(token, lambda: action(team_id, channel_id, user_id, token))
         await answer(ack, respond, work, pending)
@@ -161,6 +181,18 @@ class CommandHandler:
             raise
         watching = await self.service.is_watched(team_id, channel_id, token)
         return render.status_message(status, utcnow(), watching=watching)
+
+    async def _exceptions(
+        self, team_id: str, channel_id: str, user_id: str, token: int
+    ) -> render.Message:
+        if self.exceptions is None:
+            return render.notice("Exceptions are not available here.")
+        try:
+            return await self.exceptions.answer(team_id, channel_id, user_id, token)
+        except ApiError:
+            # Like a lookup: guessing tokens with it costs what a failed lookup costs.
+            await self.access.record_failure(team_id, user_id)
+            raise
 
     async def watch(
         self, team_id: str, channel_id: str, user_id: str, token: int
