@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.archive.csvfile import ArchiveFile, CsvArchiveWriter
+from bot.archive.csvfile import GZIP_ABOVE_BYTES, ArchiveFile, CsvArchiveWriter
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.domain.exceptions import (
@@ -67,6 +67,8 @@ class ArchiveOptions:
     reason_fields: tuple[str, ...]
     personal_fields: tuple[str, ...]
     plan: PagingPlan
+    #: gzip files larger than this (None: never; 0: always)
+    gzip_above_bytes: int | None = GZIP_ABOVE_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings, retry: RetryPolicy | None = None) -> ArchiveOptions:
@@ -157,6 +159,7 @@ async def fetch_exceptions(
                     access_token,
                     Masker(mode, options.personal_fields),
                     max_records=options.max_records,
+                    gzip_above_bytes=options.gzip_above_bytes,
                 )
             )
             for mode in wanted
