@@ -19,8 +19,9 @@ what manifest.yml asks for), and a method without its scope answers ``missing_sc
 
 For crash tests, ``hold(point, seconds)`` makes the server wait at one point of the
 flow and counts arrivals there (``reached``): ``getUploadURL:before``, ``upload:before``
-(the bytes received, not yet kept), ``complete:before`` and ``complete:after`` (the file
-is shared, the answer not yet sent).
+(the bytes received, not yet kept), ``complete:before`` (the request received, not yet
+handled: it is handled even if the caller is gone) and ``complete:after`` (the file is
+shared, the answer not yet sent).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class SlackFiles:
         point = _METHOD_POINTS.get(request.path_params["method"])
         if point is None:
             return await self.emulator._http_api(request)
+        await request.body()  # the whole request has reached "Slack" (Starlette keeps it)
         await self._wait(f"{point}:before")
         response = await self.emulator._http_api(request)
         if point == "complete":
