@@ -373,13 +373,18 @@ class Archiver:
         )
 
     async def _ready(self, archive: DueArchive, targets: list[UploadTarget]) -> list[UploadTarget]:
-        """The targets once their threads are ready, or as they are after the wait."""
+        """The targets once their threads are ready, or as they are after the wait.
+
+        Read again first: the fetch may have taken minutes, and a channel may have
+        stopped watching (or lost the bot) meanwhile.
+        """
         deadline = time.monotonic() + self.ready_wait_seconds
-        while any(not t.ready for t in targets) and time.monotonic() < deadline:
-            await self.sleep(READY_POLL_SECONDS)
+        while True:
             fresh = {t.upload_id: t for t in await self._wanted_targets(archive)}
             targets = [fresh[t.upload_id] for t in targets if t.upload_id in fresh]
-        return targets
+            if all(t.ready for t in targets) or time.monotonic() >= deadline:
+                return targets
+            await self.sleep(READY_POLL_SECONDS)
 
     async def _post_one(self, post: ArchivePost) -> float | None:
         """Post into one thread; None when settled, else seconds until it should be tried again."""

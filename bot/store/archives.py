@@ -436,7 +436,8 @@ class Archives:
 
 
 def archive_note(conn: Connection, subscription_id: int) -> ArchiveNote | None:
-    """The latest archive posted to a subscription's thread: the final one before a partial."""
+    """The archive a subscription's card speaks of: the final one, unless it could not be
+    fetched and a partial one was posted (the card then points at the partial file)."""
     row = conn.execute(
         select(
             ArchiveRow.kind,
@@ -456,7 +457,11 @@ def archive_note(conn: Connection, subscription_id: int) -> ArchiveNote | None:
                 ArchiveUploadRow.state == UPLOAD_SENT,
             ),
         )
-        .order_by((ArchiveRow.kind == ArchiveKind.FINAL.value).desc(), ArchiveUploadRow.id.desc())
+        .order_by(
+            ArchiveRow.records.is_not(None).desc(),
+            (ArchiveRow.kind == ArchiveKind.FINAL.value).desc(),
+            ArchiveUploadRow.id.desc(),
+        )
         .limit(1)
     ).first()
     if row is None:

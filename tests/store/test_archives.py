@@ -286,3 +286,41 @@ def test_release_leases_makes_archives_due_for_another_replica(store: Store) -> 
     store.archives.claim_due_archives("A", NOW, 10, LEASE)
     store.release_leases("A")
     assert len(store.archives.claim_due_archives("B", NOW, 10, LEASE)) == 1
+
+
+def test_a_final_archive_that_could_not_be_fetched_leaves_the_card_on_the_partial_one(
+    store: Store, engine: Engine
+) -> None:
+    soon = NOW + timedelta(minutes=20)
+    watch(store, status(expires=soon))
+    save_poll(store, status(exceptions=5, expires=soon))  # the partial archive
+    post_cards(engine)
+    (partial,) = store.archives.claim_due_archives("A", NOW, 10, LEASE)
+    store.archives.record_fetch(
+        partial.id, "A", records=5, expected=5, pages=1, stopped=None, cut=False, error=None
+    )
+    (target,) = store.archives.upload_targets(partial.id)
+    store.archives.mark_upload_sent(
+        target.upload_id, mode="redacted", file_id="F", ts=None, now=NOW
+    )
+    store.archives.finish_archive(partial.id, "A", NOW)
+    later = NOW + timedelta(minutes=1)
+    save_poll(store, status(Status.COMPLETED, exceptions=9, expires=soon), now=later)
+    (final,) = store.archives.claim_due_archives("A", later, 10, LEASE)
+    assert final.kind is ArchiveKind.FINAL
+    store.archives.record_fetch(
+        final.id,
+        "A",
+        records=None,
+        expected=None,
+        pages=None,
+        stopped=None,
+        cut=False,
+        error="the token expired before the exceptions could be fetched",
+    )
+    (target,) = store.archives.upload_targets(final.id)
+    store.archives.mark_upload_sent(
+        target.upload_id, mode="redacted", file_id=None, ts="3.0", now=later
+    )
+    note = store.archives.note_for(target.subscription_id)
+    assert note is not None and note.kind is ArchiveKind.PARTIAL and note.records == 5
