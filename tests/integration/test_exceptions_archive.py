@@ -337,6 +337,29 @@ def test_none_posts_the_summary_alone(summary_only: Bot, place: Place) -> None:
     wait_card_line(summary_only, card, "Exceptions: 2,500 records · summary in thread")
 
 
+def test_an_app_installed_without_files_write_still_gets_the_summary_and_the_fix(
+    redacted: Bot, place: Place
+) -> None:
+    files = redacted.harness.emulator.files
+    running(redacted, place.token)
+    with user_of(redacted, place) as user:
+        card = watch(redacted, user, place.token)
+        files.granted_scopes.discard("files:write")
+        try:
+            finish(redacted, place.token, 30)
+            said = wait_for(
+                lambda: [m for m in replies(redacted, card) if "files:write" in message_text(m)],
+                ARCHIVE_WAIT,
+                description="the summary with the fix",
+            )
+        finally:
+            files.granted_scopes.add("files:write")
+    text = message_text(said[0])
+    assert "30 records" in text and "Reinstall it from the current manifest.yml" in text
+    assert thread_files(redacted, card) == []
+    wait_card_line(redacted, card, "Exceptions: 30 records · summary in thread")
+
+
 # --------------------------------------------------------------------------- on demand
 
 
