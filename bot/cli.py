@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -245,18 +246,18 @@ def _serve(*, socket_mode: bool) -> int:
 
     needs = {Need.DATABASE, Need.API, Need.SLACK_SOCKET if socket_mode else Need.SLACK_HTTP}
     settings = _settings(needs)
-    runtime = Runtime(settings, socket_mode=socket_mode)
-    runtime.migrate()
-    app = create_app(runtime, slack_routes=not socket_mode)
+    # The port first: a port already taken is one line, before anything is logged.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
-        raise ConfigError(
-            f"HOST/PORT: cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc})"
-        ) from None
+        sock.close()
+        raise ConfigError(_cannot_listen(settings.host, settings.port, exc)) from None
+    runtime = Runtime(settings, socket_mode=socket_mode)
+    runtime.migrate()
+    app = create_app(runtime, slack_routes=not socket_mode)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
@@ -271,6 +272,20 @@ def _serve(*, socket_mode: bool) -> int:
     logging.getLogger(STARTUP_LOGGER).info("listening on http://%s:%d (%s mode)", host, port, mode)
     server.run(sockets=[sock])
     return ExitCode.OK
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """What to change when the listening socket cannot be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"PORT: {port} is already in use on {host}; "
+            "stop whatever listens there or set PORT to a free port"
+        )
+    if exc.errno == errno.EACCES:
+        return f"PORT: {port} needs privileges this user lacks; set PORT to 1024 or above"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"HOST: {host} is not an address of this machine; use 0.0.0.0 to listen on all"
+    return f"HOST/PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
 
 
 def _graceful_server_class() -> type:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
 from enum import Enum
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.domain.exceptions import (
@@ -109,6 +110,7 @@ class Settings:
     exceptions_page_size: int = DEFAULT_EXCEPTIONS_PAGE_SIZE
     exceptions_requests_per_second: float = DEFAULT_EXCEPTIONS_REQUESTS_PER_SECOND
     exceptions_offset: str = "record"
+    digest_check_seconds: float = 60.0
 
     def rules(self) -> Rules:
         """The product's rules as these settings tune them."""
@@ -136,7 +138,17 @@ class Settings:
         ]
         if self.oauth:
             values += [self.oauth.client_id, self.oauth.client_secret]
+        values += database_password_forms(self.database_url)
         return [str(v) for v in values if v]
+
+
+def database_password_forms(url: str) -> list[str]:
+    """The password in a database URL as written (URL-encoded) and as sent, for redaction."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
 
 
 def load_settings(
@@ -255,6 +267,7 @@ def load_settings(
         exceptions_offset=reader.choice(
             "MYPREFERENCES_EXCEPTIONS_OFFSET", EXCEPTIONS_OFFSET_MODES, "record"
         ),
+        digest_check_seconds=reader.number("DIGEST_CHECK_SECONDS", 60.0, minimum=0.1),
     )
     return settings
 
@@ -310,6 +323,10 @@ class _Reader:
                 f"{name}: expected a SQLAlchemy URL such as sqlite:///file.db or "
                 "postgresql+psycopg://user@host/db"
             )
+        if value.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
+            # A raw @ in the password would make part of it the host name, and so
+            # appear in every error that names the host. (The value is not echoed.)
+            raise ConfigError(f"{name}: URL-encode an @ in the user name or password as %40")
         return value
 
     def path_template(self, name: str, default: str) -> str:

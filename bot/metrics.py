@@ -35,6 +35,12 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.ticks = Counter(
+            "import_status_ticks",
+            "Watcher ticks by outcome (failed: the database or delivery raised)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.notification_lag = Histogram(
             "import_status_notification_lag_seconds",
             "Time from a change being seen to its notification being posted",

@@ -24,15 +24,21 @@ from bot.mypreferences.pace import Pace
 from bot.service import ImportService
 from bot.slack.app import build_app
 from bot.slack.delivery import Delivery
+from bot.slack.digests import SlackDigestPoster
+from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.exceptions import ExceptionsRequests
 from bot.slack.uploads import ThreadUploads
 from bot.store import Store
 from bot.store.engine import make_engine, migrate
+from bot.watch.digest import DigestJob
 from bot.watch.jobs import PollerJobs
 from bot.watch.poller import Poller
 
 log = logging.getLogger(__name__)
+
+# Two failed ticks in a row, not one: a single lost race with another writer is not news.
+UNHEALTHY_AFTER_FAILED_TICKS = 2
 
 
 class Runtime:
@@ -63,7 +69,21 @@ class Runtime:
             ThreadUploads(self.slack, settings),
             self.owner,
         )
-        self.jobs = PollerJobs(self.poller, settings.tick_seconds, archiver=self.archiver)
+        self.digest = DigestJob(
+            self.store.channel_settings,
+            self.store.history,
+            self.store.digests,
+            SlackDigestPoster(self.slack, Permalinks(self.slack)),
+            self.owner,
+            lease_seconds=settings.lease_seconds,
+        )
+        self.jobs = PollerJobs(
+            self.poller,
+            settings.tick_seconds,
+            digest=self.digest,
+            digest_seconds=settings.digest_check_seconds,
+            archiver=self.archiver,
+        )
         self.access = AccessControl(settings)
         self.service = ImportService(
             settings, self.store.subscriptions, self.api, self.delivery.deliver_now
@@ -82,6 +102,8 @@ class Runtime:
             service=self.service,
             access=self.access,
             subscriptions=self.store.subscriptions,
+            channel_settings=self.store.channel_settings,
+            history=self.store.history,
             exceptions=self.exceptions,
         )
         self.socket_handler: AsyncSocketModeHandler | None = None
@@ -138,7 +160,13 @@ class Runtime:
         log.info("stopped")
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the database answers and the watcher ticks; the reason when not."""
+        """Whether the database answers and the watcher ticks; the reason when not.
+
+        The watcher's time is that of its last *successful* tick: a tick whose
+        writes the database refused (read-only, full) does not count, and
+        ``UNHEALTHY_AFTER_FAILED_TICKS`` failed ticks in a row make the replica
+        unhealthy at once; the next successful tick makes it healthy again.
+        """
         body: dict[str, Any] = {"replica": self.owner}
         problems: list[str] = []
         try:
@@ -148,17 +176,23 @@ class Runtime:
             body["database"] = "unreachable"
             problems.append(f"database: {type(exc).__name__}")
         last = self.poller.last_tick_at
+        failed = self.poller.failed_ticks_in_a_row
         limit = max(60.0, self.settings.tick_seconds * 10)
         if last is None:
             age = time.monotonic() - self.started_at
-            body["watcher"] = "starting"
+            body["watcher"] = {"last_tick_seconds_ago": None, "failed_ticks_in_a_row": failed}
             if age > limit:
-                problems.append("watcher: no tick finished since start")
+                problems.append("watcher: no tick succeeded since start")
         else:
             age = (self.poller.clock() - last).total_seconds()
-            body["watcher"] = {"last_tick_seconds_ago": round(age, 1)}
+            body["watcher"] = {
+                "last_tick_seconds_ago": round(age, 1),
+                "failed_ticks_in_a_row": failed,
+            }
             if age > limit:
-                problems.append(f"watcher: last tick {age:.0f} s ago")
+                problems.append(f"watcher: last successful tick {age:.0f} s ago")
+        if failed >= UNHEALTHY_AFTER_FAILED_TICKS:
+            problems.append(f"watcher: the last {failed} ticks failed ({self.poller.last_failure})")
         if self.socket_handler is not None:
             connected = await self.socket_handler.client.is_connected()
             body["socket"] = "connected" if connected else "disconnected"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.metrics import METRICS
 from bot.runtime import Runtime
+from bot.slack import incoming
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,28 @@ def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
             # 500 and a logged traceback: refuse it as the bad signature it is instead.
             log.info("refused a Slack request with a malformed timestamp header")
             return PlainTextResponse("invalid request signature", status_code=401)
+        body = await request.body()  # LimitBody has read it already; Bolt reads this copy
+        # The signature first, before anything parses the body: Bolt would parse it,
+        # then log it whole at INFO when the signature is wrong.
+        problem = incoming.signature_problem(
+            str(runtime.settings.slack_signing_secret or ""),
+            body,
+            timestamp,
+            request.headers.get("x-slack-signature"),
+            time.time(),
+        )
+        if problem is not None and incoming.is_ssl_check(body):
+            return PlainTextResponse("")  # nothing happens in a certificate check
+        if problem is not None:
+            log.info("refused a request with %s (%d bytes)", problem, len(body))
+            return PlainTextResponse("invalid request signature", status_code=401)
+        problem = incoming.body_problem(body, request.headers.get("content-type"))
+        if problem is not None:
+            log.warning("refused a signed Slack request: %s", problem)
+            return PlainTextResponse("malformed request body", status_code=400)
         try:
             return await handler.handle(request)
-        except (ValueError, AttributeError, TypeError, LookupError):
+        except (ValueError, AttributeError, TypeError, LookupError, RecursionError):
             # Bolt decodes the body (UTF-8, then the ``payload`` JSON) and reads its
             # ``authorizations`` before it checks the signature; a body that is neither
             # decodable nor a JSON object of that shape is bad input, not a server error.

@@ -20,7 +20,9 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = engine_from_config(
+    # `import-status-bot migrate` passes its engine (the URL stays out of the config:
+    # see bot/store/engine.py); `alembic` run by hand reads alembic.ini's URL.
+    engine = config.attributes.get("engine") or engine_from_config(
         config.get_section(config.config_ini_section) or {},
         prefix="sqlalchemy.",
         poolclass=pool.NullPool,

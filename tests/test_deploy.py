@@ -313,8 +313,11 @@ def test_image_command_serves_and_passes_its_healthcheck(
     argv = exec_form(runtime_stage.one("ENTRYPOINT")) + exec_form(runtime_stage.one("CMD"))
     volume = tmp_path / "data"  # stands in for VOLUME /data
     volume.mkdir()
+    # PATH puts the image's virtualenv first; this test's own install stands in for it.
     image_env = {
-        key: value.replace("/data/", f"{volume}/") for key, value in runtime_stage.env().items()
+        key: value.replace("/data/", f"{volume}/")
+        for key, value in runtime_stage.env().items()
+        if key != "PATH"
     }
     healthcheck = healthcheck_command(runtime_stage)
     log_path = tmp_path / "serve.log"

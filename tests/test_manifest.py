@@ -7,6 +7,7 @@ and the bot holds exactly the scopes its Web API calls need.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import pytest
 import yaml
@@ -24,11 +25,13 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 import bot.slack.app as slack_app
+from bot.domain.history import ActiveWatch
 from bot.domain.status import ImportStatus, Status
 from bot.sandbox.slack_emulator import block_action_body, event_body, slash_command_body
 from bot.server import create_app
-from bot.slack import render
+from bot.slack import render, render_reports
 from bot.slack.listeners.commands import COMMAND
+from bot.slack.render_settings import SETTINGS_CALLBACK_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = ROOT / "manifest.yml"
@@ -45,16 +48,19 @@ SCOPE_OF_METHOD: dict[str, str | None] = {
     "chat_update": "chat:write",
     "chat_postEphemeral": "chat:write",
     "chat_delete": "chat:write",
+    "chat_getPermalink": None,
+    "views_open": None,
+    "views_publish": None,
     # The exceptions archive: files_upload_v2 calls files.getUploadURLExternal and
     # files.completeUploadExternal (files:write; no files:read since slack-sdk 3.23).
     "files_upload_v2": "files:write",
     "conversations_open": "im:write",
 }
 #: Events Slack sends without any scope being granted.
-SCOPELESS_EVENTS = {"app_uninstalled", "tokens_revoked"}
+SCOPELESS_EVENTS = {"app_home_opened", "app_uninstalled", "tokens_revoked"}
 #: Registration kinds the manifest above can deliver; a shortcut, view or
 #: options listener would need manifest entries this test does not know yet.
-DELIVERABLE_KINDS = {"command", "action", "event"}
+DELIVERABLE_KINDS = {"command", "action", "event", "view"}
 WIRING_KINDS = {"middleware", "error", "use"}
 
 
@@ -76,6 +82,8 @@ def _stand_ins() -> dict[str, Any]:
         "service": SimpleNamespace(),
         "access": SimpleNamespace(),
         "subscriptions": SimpleNamespace(),
+        "channel_settings": SimpleNamespace(),
+        "history": SimpleNamespace(),
     }
 
 
@@ -175,6 +183,8 @@ def _rendered_action_ids() -> set[str]:
 
     for message in messages:
         walk(message.blocks)
+    mine = ActiveWatch("T1", "C1", 42, "n", status, "U1", NOW, "1.2")
+    walk(render_reports.home_view("U1", mine=[mine], active=[], recent=[], links={}, now=NOW))
     return found
 
 
@@ -191,16 +201,28 @@ def test_manifest_events_are_exactly_the_events_the_bot_handles(
     manifest: dict[str, Any], registered: dict[str, list[Any]]
 ) -> None:
     assert _manifest_events(manifest) == _names(registered, "event")
-    assert _manifest_events(manifest) == {"app_uninstalled", "tokens_revoked"}
+    assert _manifest_events(manifest) == {"app_home_opened", "app_uninstalled", "tokens_revoked"}
 
 
 def test_every_button_the_bot_renders_has_a_handler(registered: dict[str, list[Any]]) -> None:
-    constants = {getattr(render, n) for n in dir(render) if n.startswith("ACTION_")}
+    constants = {
+        getattr(module, n)
+        for module in (render, render_reports)
+        for n in dir(module)
+        if n.startswith("ACTION_")
+    }
     rendered = _rendered_action_ids()
     assert (
         rendered
         == constants
-        == {"import_watch", "import_refresh", "import_unwatch", "import_exceptions"}
+        == {
+            "import_watch",
+            "import_refresh",
+            "import_unwatch",
+            "import_exceptions",
+            "home_refresh",
+            "home_unwatch",
+        }
     )
     assert _names(registered, "action") == constants
 
@@ -218,6 +240,7 @@ async def test_real_app_routes_each_manifest_entry_to_exactly_one_listener(
         body = slash_command_body("help", command=command, response_url=UNUSED_URL)
         assert await _listeners_for(real_app, body, FORM) == ["handle"], command
     events: dict[str, dict[str, Any]] = {
+        "app_home_opened": {"type": "app_home_opened", "user": "U1", "tab": "home"},
         "app_uninstalled": {"type": "app_uninstalled"},
         "tokens_revoked": {"type": "tokens_revoked", "tokens": {"bot": ["U0BOT"]}},
     }
@@ -227,6 +250,12 @@ async def test_real_app_routes_each_manifest_entry_to_exactly_one_listener(
     for action_id in _rendered_action_ids():
         body = block_action_body(action_id, "42", message_ts="1.000001", response_url=UNUSED_URL)
         assert len(await _listeners_for(real_app, body, FORM)) == 1, action_id
+    submission = {
+        "type": "view_submission",
+        "view": {"type": "modal", "callback_id": SETTINGS_CALLBACK_ID},
+    }
+    body = urlencode({"payload": json.dumps(submission)}).encode()
+    assert len(await _listeners_for(real_app, body, FORM)) == 1
 
 
 async def test_real_app_has_no_listener_for_what_the_manifest_does_not_declare(
@@ -274,7 +303,8 @@ def test_http_mode_settings_make_a_working_app(manifest: dict[str, Any]) -> None
 
 def test_slash_command_hint_matches_the_bots_own_usage_line(manifest: dict[str, Any]) -> None:
     (command,) = manifest["features"]["slash_commands"]
-    assert command["should_escape"] is False
+    # Escaped, so mentions in `set mention` / `set alerts` arrive as ids.
+    assert command["should_escape"] is True
     assert f"Usage: {command['command']} {command['usage_hint']}" == render.USAGE_LINE
 
 
@@ -340,6 +370,14 @@ def test_scopes_are_exactly_what_the_code_needs(
         == sorted(needed)
         == ["chat:write", "commands", "files:write", "im:write"]
     )
+
+
+def test_the_home_tab_is_enabled_for_the_app_home_opened_listener(
+    manifest: dict[str, Any], registered: dict[str, list[Any]]
+) -> None:
+    assert "app_home_opened" in _names(registered, "event")
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+    assert _names(registered, "view") == {SETTINGS_CALLBACK_ID}
 
 
 def test_each_scope_says_why_and_chat_write_public_is_declined_on_purpose() -> None:

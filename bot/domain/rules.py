@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from bot.domain.eta import rate_base
 from bot.domain.events import Event, EventKind
 from bot.domain.expiry import in_warning_window, is_expired
-from bot.domain.status import ImportStatus
+from bot.domain.status import ImportStatus, Status
 
 MILESTONES = (25, 50, 75)  # 100 % is announced by Completed
 
@@ -67,10 +67,31 @@ class Decision:
     finished: bool
 
 
+# An answer whose Status the bot does not recognise says nothing about the import.
+UNRECOGNISED_STATUS = Failure(
+    "MyPreferences answered with a status the bot does not recognise. "
+    "The bot keeps checking; the last known status stands."
+)
+
+
 def decide(memory: Memory, outcome: Outcome, now: datetime, rules: Rules) -> Decision:
-    """The events one poll outcome produces, and the memory to keep."""
+    """The events one poll outcome produces, and the memory to keep.
+
+    An answer with an unrecognised status (Unknown) after a known one is treated
+    like a failed poll: no transition, the card keeps the last known status,
+    polling backs off, and only if it lasts ``trouble_after`` is the channel told
+    (once, as API trouble). So a status that flaps to Unknown and back writes no
+    thread reply, and a real change is still announced once it is readable.
+    """
     if isinstance(outcome, Expired):
         return _expired(memory, now)
+    if (
+        isinstance(outcome, ImportStatus)
+        and outcome.status is Status.UNKNOWN
+        and memory.status is not None
+        and memory.status.status is not Status.UNKNOWN
+    ):
+        outcome = UNRECOGNISED_STATUS
     if isinstance(outcome, Failure):
         expires = memory.status.expires if memory.status else None
         if outcome.token_rejected and is_expired(expires, now):

@@ -25,10 +25,15 @@ import httpx
 
 from bot.config import ConfigError, OAuthSettings, Secret, Settings
 from bot.mypreferences import errors
+from bot.mypreferences.decoding import CappedDecoder, UnsupportedEncoding
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES_IN = 3600.0
+# What compression may add to a body that does not compress (headers, block framing).
+MAX_COMPRESSION_OVERHEAD = 64 * 1024
+# Asked of every server: compression buys nothing for a few KB and costs a decoder.
+ACCEPT_IDENTITY = {"Accept-Encoding": "identity"}
 # A token answer is a few hundred bytes; anything much larger is not one.
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 # Refresh this long before expiry at most, so a request sent with a cached
@@ -148,7 +153,7 @@ class OAuthClientCredentials:
                 self._settings.token_url,
                 data=form,
                 auth=auth,
-                headers={"Accept": "application/json"},
+                headers={"Accept": "application/json", **ACCEPT_IDENTITY},
             ) as response:
                 code = response.status_code
                 if code == 429 or code >= 500:
@@ -160,7 +165,7 @@ class OAuthClientCredentials:
         except httpx.HTTPError as exc:
             # ``from None``: the chained httpx error carries the request, and with it
             # the client credentials; keep it out of any traceback that gets logged.
-            raise errors.Unavailable(f"OAuth token request failed ({type(exc).__name__})") from None
+            raise errors.Unreachable(f"OAuth token request failed ({type(exc).__name__})") from None
         if raw is None:
             raise errors.AuthFailed("OAuth token answer is too large")
         return parse_token_response(raw)
@@ -244,13 +249,23 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes | None:
     """The decoded body, or None once it grows past ``limit`` bytes (reading stops there).
 
     Shared with ``client.py``: a hostile or broken server cannot make the bot hold
-    more than ``limit`` bytes, even behind gzip.
+    more than ``limit`` bytes, even behind gzip. The raw bytes are decoded here
+    (``decoding.CappedDecoder``), not by httpx, which would inflate each chunk
+    whole before it could be counted. Raises ``errors.MalformedResponse`` for an
+    encoding the bot cannot read.
     """
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if response.is_stream_consumed:
+        # Read (and decoded) before it got here, as a test transport does: just measure it.
+        return response.content if len(response.content) <= limit else None
+    try:
+        decoder = CappedDecoder(response.headers.get("Content-Encoding"), limit)
+        # The compressed size is capped too: a stream of empty blocks decodes to nothing.
+        raw_limit = limit + MAX_COMPRESSION_OVERHEAD
+        raw = 0
+        async for chunk in response.aiter_raw():
+            raw += len(chunk)
+            if raw > raw_limit or not decoder.feed(chunk):
+                return None
+        return decoder.finish()
+    except UnsupportedEncoding as exc:
+        raise errors.MalformedResponse(str(exc)) from None

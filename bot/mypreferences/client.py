@@ -29,7 +29,12 @@ import httpx
 from bot.config import Settings
 from bot.domain.status import ImportStatus
 from bot.mypreferences import errors
-from bot.mypreferences.auth import Authenticator, make_authenticator, read_limited
+from bot.mypreferences.auth import (
+    ACCEPT_IDENTITY,
+    Authenticator,
+    make_authenticator,
+    read_limited,
+)
 from bot.mypreferences.parsing import (
     ExceptionsPage,
     parse_exceptions_page,
@@ -289,7 +294,12 @@ class MyPreferencesClient:
                 "GET",
                 url,
                 params=params,
-                headers={"Authorization": header, "Accept": "application/json"},
+                headers={
+                    "Authorization": header,
+                    "Accept": "application/json",
+                    # Whatever the server does, read_limited caps what it decodes.
+                    **ACCEPT_IDENTITY,
+                },
             ) as response:
                 code = response.status_code
                 retry_after = parse_retry_after(
@@ -300,14 +310,17 @@ class MyPreferencesClient:
                 if _declared_too_large(response, max_bytes):
                     raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
                 raw = await read_limited(response, max_bytes)
-        except httpx.TimeoutException as exc:
+        except httpx.ConnectTimeout as exc:
             # Chaining keeps the cause for operators; httpx error messages carry
             # no headers, so no secret reaches a traceback line.
+            raise errors.Unreachable(f"connection timed out ({type(exc).__name__})") from exc
+        except httpx.TimeoutException as exc:
             raise errors.Timeout(f"request timed out ({type(exc).__name__})") from exc
         except httpx.DecodingError as exc:
             raise errors.MalformedResponse("the answer could not be decoded") from exc
         except httpx.HTTPError as exc:
-            raise errors.Unavailable(f"network error ({type(exc).__name__})") from exc
+            # Refused, reset, closed mid-answer: the server never answered with an error.
+            raise errors.Unreachable(f"network error ({type(exc).__name__})") from exc
         finally:
             self._in_flight[pool] -= 1
         if raw is None:

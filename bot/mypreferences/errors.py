@@ -71,6 +71,18 @@ class Unavailable(ApiError):
     transient = True
 
 
+class Unreachable(Unavailable):
+    """No answer at all: the connection was refused, broke, or timed out before it opened.
+
+    An ``Unavailable`` (transient, the same exit code), but not a server error.
+    """
+
+    user_message = (
+        "The bot could not reach MyPreferences (the connection was refused, broke or timed "
+        "out). The bot retried; try again in a few minutes."
+    )
+
+
 class Timeout(ApiError):
     user_message = (
         "MyPreferences did not answer in time. The bot retried; try again in a few minutes."

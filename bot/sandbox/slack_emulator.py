@@ -42,6 +42,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot.sandbox.devserver import ServerThread
+from bot.sandbox.slack_views import (
+    Submission,
+    ViewError,
+    ViewRegistry,
+    home_opened_event,
+    submit_view,
+    view_action_body,
+)
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -529,6 +537,7 @@ class SlackEmulator:
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self._lock = threading.Lock()
+        self.views = ViewRegistry(self._lock)  # modals and Home tabs (slack_views.py)
         self._url: str | None = None
         self._identities: dict[str, _Identity] = {}
         self._revoked: set[str] = set()
@@ -544,6 +553,8 @@ class SlackEmulator:
             "chat.getPermalink": self._chat_get_permalink,
             "conversations.info": self._conversations_info,
         }
+        for name, handler in self.views.methods().items():
+            self._methods[name] = _view_method(handler)
         self.app = Starlette(
             routes=[
                 Route("/api/{method}", self._http_api, methods=["GET", "POST"]),
@@ -578,6 +589,7 @@ class SlackEmulator:
         self._latency: dict[str, float] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._revoked.clear()
+        self.views.reset()
 
     # ----------------------------------------------------------------- serving & URLs
 
@@ -1247,6 +1259,8 @@ class SlackUser:
             fields["response_url"] = self.emulator.new_response_url(
                 channel=fields["channel_id"], user=fields["user_id"]
             )
+        if "trigger_id" not in fields:
+            fields["trigger_id"] = self.emulator.views.issue_trigger_id(fields["user_id"])
         body = slash_command_body(text, **fields)
         return self.send(
             body,
@@ -1307,3 +1321,38 @@ class SlackUser:
             return posts[0] if posts else None
 
         return wait_for(first, timeout, description=f"a post to {url}")
+
+    # ----------------------------------------------------------------- views (slack_views.py)
+
+    def submit_view(
+        self, view_id: str, chosen: JSON | None = None, *, forged: bool = False
+    ) -> Submission:
+        """Fill in an open modal (block id → choice) and press Submit; see slack_views."""
+        return submit_view(self, view_id, chosen, forged=forged)
+
+    def open_home(self) -> CommandResult:
+        """Open the app's Home tab: Slack sends ``app_home_opened``."""
+        current = self.emulator.views.home(self.user_id, self.team_id)
+        return self.event(home_opened_event(self.user_id, current))
+
+    def click_in_view(self, view_id: str, action_id: str, value: str) -> CommandResult:
+        """Click a button in a view (a Home tab or a modal)."""
+        stored = self.emulator.views.view(view_id)
+        if stored is None:
+            raise ValueError(f"no view {view_id}")
+        body = view_action_body(self, stored, action_id, value)
+        return self.send(body, "application/x-www-form-urlencoded")
+
+
+def _view_method(
+    handler: Callable[[str, JSON], JSON],
+) -> Callable[[_Identity, JSON], JSON]:
+    """A views.* handler of slack_views as one of the emulator's Web API methods."""
+
+    def method(identity: _Identity, params: JSON) -> JSON:
+        try:
+            return handler(identity.team_id, params)
+        except ViewError as e:
+            raise _ApiError(e.error, **e.extra) from None
+
+    return method

@@ -12,12 +12,16 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.service import ImportService
+from bot.slack import incoming
+from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.actions import ActionHandler
+from bot.slack.listeners.attention import AttentionHandler
 from bot.slack.listeners.commands import CommandHandler
 from bot.slack.listeners.exceptions import ExceptionsButton, ExceptionsRequests
+from bot.slack.listeners.home import HomeTab
 from bot.slack.listeners.lifecycle import WorkspaceEvents
-from bot.store.interface import SubscriptionStore
+from bot.store.interface import HistoryStore, SettingsStore, SubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ def build_app(
     service: ImportService,
     access: AccessControl,
     subscriptions: SubscriptionStore,
+    channel_settings: SettingsStore,
+    history: HistoryStore,
     exceptions: ExceptionsRequests | None = None,
 ) -> AsyncApp:
     """The Bolt AsyncApp with every listener registered.
@@ -39,6 +45,9 @@ def build_app(
     # Bolt also reads SLACK_BOT_TOKEN itself and then warns that our client's token
     # wins; it is the same token, so the warning would only puzzle operators.
     logging.getLogger("slack_bolt.AsyncApp").addFilter(_not_token_skipped)
+    # The HTTP route checks signatures before Bolt (bot/slack/incoming.py); should Bolt
+    # still refuse one, its message quotes the whole body: keep one short line instead.
+    logging.getLogger("slack_bolt.RequestVerification").addFilter(_short_verification_notice)
     app = AsyncApp(
         client=client,
         signing_secret=signing_secret,
@@ -47,11 +56,16 @@ def build_app(
         request_verification_enabled=signing_secret is not None,
         raise_error_for_unhandled_request=False,
     )
+    app.middleware(_response_urls_on_slack(client.base_url))
     app.middleware(ignore_retried_interactions)
-    commands = CommandHandler(service, access, exceptions)
+    permalinks = Permalinks(client)
+    attention = AttentionHandler(channel_settings, history, access, permalinks)
+    commands = CommandHandler(service, access, attention, exceptions)
     commands.register(app)
     ActionHandler(commands).register(app)
     ExceptionsButton(exceptions, access).register(app)
+    attention.register(app)
+    HomeTab(history, service, access, permalinks).register(app)
     WorkspaceEvents(subscriptions).register(app)
     app.error(_log_listener_error)
     return app
@@ -73,10 +87,47 @@ async def ignore_retried_interactions(
         log.info(
             "ignored a retried delivery (%s)",
             (request.headers.get("x-slack-retry-reason") or ["?"])[0],
-            extra={"team": body.get("team_id") or (body.get("team") or {}).get("id")},
+            extra={"team": _team_of(body)},
         )
         return BoltResponse(status=200, body="")
     return await next()
+
+
+def _response_urls_on_slack(
+    slack_api_url: str,
+) -> Callable[..., Awaitable[BoltResponse | None]]:
+    """Middleware: a request whose response_url is not Slack's is refused, not answered.
+
+    ``respond()`` posts to that URL; a forged one could point it anywhere
+    (http://127.0.0.1:…). Slack's are on https://hooks.slack.com/; the
+    SLACK_API_URL host (the emulator, in tests and the demo) is accepted too.
+    """
+
+    async def response_urls_on_slack(
+        body: dict[str, Any], next: Callable[[], Awaitable[Any]]
+    ) -> BoltResponse | None:
+        problem = incoming.response_url_problem(body, slack_api_url)
+        if problem is not None:
+            log.warning(
+                "refused a request with %s",
+                problem,
+                extra={"team": _team_of(body)},
+            )
+            return BoltResponse(status=400, body="")
+        return await next()
+
+    return response_urls_on_slack
+
+
+def _team_of(body: dict[str, Any]) -> object:
+    team = body.get("team_id") or body.get("team")
+    return team.get("id") if isinstance(team, dict) else team
+
+
+def _short_verification_notice(record: logging.LogRecord) -> bool:
+    if isinstance(record.msg, str) and record.msg.startswith("Invalid request signature"):
+        record.msg, record.args = "Bolt refused a request with an invalid signature", None
+    return True
 
 
 def _not_token_skipped(record: logging.LogRecord) -> bool:

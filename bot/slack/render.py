@@ -50,7 +50,10 @@ ACTION_REFRESH = "import_refresh"
 ACTION_UNWATCH = "import_unwatch"
 ACTION_EXCEPTIONS = "import_exceptions"
 
-USAGE_LINE = "Usage: /import-status [watch|unwatch|exceptions] TOKEN | list | help"
+USAGE_LINE = (
+    "Usage: /import-status [watch|unwatch|exceptions] TOKEN | list | history [N] | settings "
+    "| set KEY VALUE | help"
+)
 
 #: How each status is shown in Slack: its emoji and its name (see STATUS_LOOKS).
 STATUS_MARKERS: dict[Status, str] = {
@@ -168,6 +171,21 @@ def escape(text: str, *, limit: int = SECTION_TEXT_LIMIT) -> str:
     safe = _MRKDWN_CHARS.sub(lambda m: f"{_ZWJ}{m.group(1)}{_ZWJ}", safe)
     safe = _BROADCAST_WORDS.sub(lambda m: f"@{_ZWJ}{m.group(1)}", safe)
     return _fit(safe, limit)
+
+
+_MENTION_IN_TEXT = re.compile(r"<@([A-Z0-9]+)>")
+
+
+def _with_mentions(text: str) -> str:
+    """``text`` escaped for mrkdwn, except its ``<@ID>`` mentions of real Slack user ids."""
+    parts: list[str] = []
+    last = 0
+    for found in _MENTION_IN_TEXT.finditer(text):
+        parts.append(escape(text[last : found.start()]))
+        parts.append(_mention(found.group(1)))
+        last = found.end()
+    parts.append(escape(text[last:]))
+    return "".join(parts)
 
 
 def _mention(user_id: str) -> str:
@@ -388,10 +406,12 @@ def tracking_card(
     token's expiry is shown as an absolute Slack date, not "in 3 h"), so an
     unchanged import renders an unchanged card and a poll need not edit it.
 
-    ``ended_reason`` is trusted mrkdwn written by the bot (it may mention a
-    user); when set, the card says watching stopped and keeps only Refresh.
-    ``exceptions_line`` is trusted mrkdwn too (``render_exceptions.card_line``): what
-    became of the import's exceptions archive.
+    ``ended_reason`` is text written by the bot, such as "unwatched by <@U123>":
+    well-formed user mentions in it are kept, everything else is escaped (the
+    id inside came from a request). When set, the card says watching stopped
+    and keeps only Refresh (and Exceptions when records failed).
+    ``exceptions_line`` is trusted mrkdwn written by the bot
+    (``render_exceptions.card_line``): what became of the import's exceptions archive.
     """
     if status is None:
         blocks = [
@@ -406,8 +426,9 @@ def tracking_card(
     if exceptions_line:
         blocks.append(_section(exceptions_line))
     if ended_reason:
-        blocks.append(_section(f":no_bell: No longer watching: {ended_reason}"))
-        fallback += f". No longer watching: {ended_reason}"
+        reason = _with_mentions(ended_reason)
+        blocks.append(_section(f":no_bell: No longer watching: {reason}"))
+        fallback += f". No longer watching: {reason}"
     blocks.append(
         _context(f"Watched by {_mention(subscriber_id)} since {slack_date(subscribed_at)}")
     )
@@ -532,6 +553,9 @@ def usage_message(problem: str | None = None) -> Message:
         "• `/import-status exceptions 12345`: why its records failed (only to you; "
         "the file comes to your direct messages)",
         "• `/import-status list`: the imports this channel watches",
+        "• `/import-status history 20`: the last 20 finished watches here (default 10)",
+        "• `/import-status settings`: this channel's settings; "
+        "`/import-status set broadcast failures` changes one",
         "• `/import-status help`: this help",
     ]
     text = "\n".join(lines)

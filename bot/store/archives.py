@@ -28,6 +28,7 @@ from bot.store.records import ACTIVE, PENDING, ArchiveNote, status_of
 from bot.store.tables import (
     ArchiveRow,
     ArchiveUploadRow,
+    ChannelSettingsRow,
     ImportRow,
     NotificationRow,
     SubscriptionRow,
@@ -83,14 +84,14 @@ class UploadTarget:
 
 
 def channel_exceptions_mode(conn: Connection, team_id: str, channel_id: str) -> str | None:
-    """A channel's own ``exceptions`` setting, or None when it follows EXCEPTIONS_FILE.
-
-    Channel settings (issue 12) add a ``channel_settings`` table whose ``exceptions``
-    column holds ``redacted`` | ``full`` | ``none`` or NULL; once it exists this reads
-    it. Until then every channel follows EXCEPTIONS_FILE.
-    """
-    del conn, team_id, channel_id
-    return None
+    """A channel's own ``exceptions`` setting (``redacted`` | ``full`` | ``none``), or None
+    when it has none and follows EXCEPTIONS_FILE (``/import-status set exceptions …``)."""
+    mode = conn.execute(
+        select(ChannelSettingsRow.exceptions).where(
+            ChannelSettingsRow.team_id == team_id, ChannelSettingsRow.channel_id == channel_id
+        )
+    ).scalar()
+    return str(mode) if mode else None
 
 
 def create_archives(

@@ -6,12 +6,16 @@ a test can hand it a small fake. ``bot.store.Store`` provides all three.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from bot.domain.history import ActiveWatch, FinishedWatch
+from bot.domain.settings import ChannelSettings
 from bot.domain.status import ImportStatus
 from bot.store.archives import DueArchive, UploadTarget
+from bot.store.channel_settings import DigestChannel
+from bot.store.digests import DayKey
 from bot.store.records import DeliveryState, DueImport, PollResult, Subscribed, Watch
 
 
@@ -58,6 +62,8 @@ class PollStore(Protocol):
         limit: int,
         lease_seconds: float,
         expected_interval: float | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[DueImport]: ...
 
     def save_poll_results(self, owner: str, results: Iterable[PollResult]) -> int: ...
@@ -93,6 +99,63 @@ class OutboxStore(Protocol):
     def end_subscription(self, subscription_id: int, reason: str, now: datetime) -> None: ...
 
     def release_subscription(self, subscription_id: int, owner: str) -> None: ...
+
+    def release_leases(self, owner: str) -> None: ...
+
+
+class SettingsStore(Protocol):
+    """For the settings commands, the modal and the digest job: each channel's choices."""
+
+    def get(self, team_id: str, channel_id: str) -> ChannelSettings: ...
+
+    def update(
+        self,
+        team_id: str,
+        channel_id: str,
+        changes: dict[str, Any],
+        user_id: str,
+        now: datetime,
+    ) -> tuple[ChannelSettings, ChannelSettings]: ...
+
+    def digest_channels(self) -> list[DigestChannel]: ...
+
+
+class HistoryStore(Protocol):
+    """For history, the digest and App Home: what the watches came to."""
+
+    def finished(
+        self,
+        team_id: str,
+        *,
+        channel_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[FinishedWatch]: ...
+
+    def active(
+        self,
+        team_id: str,
+        *,
+        channel_id: str | None = None,
+        subscribed_by: str | None = None,
+        limit: int = 200,
+    ) -> list[ActiveWatch]: ...
+
+
+class DigestStore(Protocol):
+    """For the digest job: which days are settled, and the lease on each day's digest."""
+
+    def settled(self, keys: list[DayKey]) -> set[DayKey]: ...
+
+    def claim(self, key: DayKey, owner: str, now: datetime, lease_seconds: float) -> int | None: ...
+
+    def finish(
+        self, key: DayKey, owner: str, state: str, now: datetime, ts: str | None = None
+    ) -> None: ...
+
+    def failed(
+        self, key: DayKey, owner: str, error: str, retry_at: datetime, give_up: bool
+    ) -> None: ...
 
     def release_leases(self, owner: str) -> None: ...
 

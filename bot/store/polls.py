@@ -9,7 +9,7 @@ both or neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from bot.domain.archiving import archives_for
 from bot.domain.events import EventKind
+from bot.domain.history import EXPIRED_REASON
 from bot.domain.rules import Decision
 from bot.store.archives import create_archives
 from bot.store.records import (
@@ -58,6 +59,8 @@ class Polls:
         limit: int,
         lease_seconds: float,
         expected_interval: float | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[DueImport]:
         """Lease up to ``limit`` imports that are due and watched by someone.
 
@@ -65,7 +68,12 @@ class Polls:
         (default: the lease) from now, as if the poll will change nothing, which it
         usually does not: then the poll itself needs no write at all (see
         PollResult.needs_saving). A lease this replica still holds does not stop
-        it claiming the import once it is due again.
+        it claiming the import once it is due again, unless its id is in
+        ``exclude`` (the polls this replica still has in flight).
+
+        The caller picks ``lease_seconds``: the poller asks for the interval plus
+        the HTTP timeout, so a dead replica's imports are free again at most one
+        HTTP timeout after they are due.
         """
         interval = lease_seconds if expected_interval is None else expected_interval
         expected = now + timedelta(seconds=interval)
@@ -88,6 +96,7 @@ class Polls:
                 exists().where(
                     SubscriptionRow.import_id == ImportRow.id, SubscriptionRow.state == ACTIVE
                 ),
+                *([ImportRow.id.not_in(list(exclude))] if exclude else []),
             )
             .order_by(ImportRow.next_poll_at)
             .limit(limit)
@@ -270,4 +279,4 @@ def _finish_reason(decision: Decision) -> str:
         and not any(e.kind is EventKind.EXPIRED for e in decision.events)
     ):
         return status.status.value
-    return "token expired"
+    return EXPIRED_REASON

@@ -95,6 +95,7 @@ class SubscriptionRow(Base):
         ),
         Index("ix_subscriptions_import_state", "import_id", "state"),
         Index("ix_subscriptions_channel", "team_id", "channel_id", "state"),
+        Index("ix_subscriptions_channel_ended", "team_id", "channel_id", "ended_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -197,3 +198,47 @@ class ArchiveUploadRow(Base):
     sent_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(200))
+
+
+class ChannelSettingsRow(Base):
+    """A channel's settings (bot.domain.settings); no row means every default."""
+
+    __tablename__ = "channel_settings"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", name="uq_channel_settings"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    broadcast: Mapped[str] = mapped_column(String(10))
+    milestones: Mapped[bool] = mapped_column(Boolean)
+    # The canonical mention text: subscriber | none | <@U…|label> | <!subteam^S…|label>.
+    mention: Mapped[str] = mapped_column(String(200))
+    alerts_channel: Mapped[str | None] = mapped_column(String(32))
+    compact: Mapped[bool] = mapped_column(Boolean)
+    digest_time: Mapped[str | None] = mapped_column(String(5))  # HH:MM
+    digest_zone: Mapped[str | None] = mapped_column(String(64))  # IANA name
+    # When the digest time was chosen: days whose digest time came earlier are not due.
+    digest_since: Mapped[datetime | None]
+    exceptions: Mapped[str | None] = mapped_column(String(10))  # None: EXCEPTIONS_FILE
+    updated_by: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime]
+
+
+class DigestRow(Base):
+    """One channel's digest for one local day: the unique key makes it one per day."""
+
+    __tablename__ = "digests"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", "day", name="uq_digests_day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    day: Mapped[str] = mapped_column(String(10))  # the channel's local date, YYYY-MM-DD
+    state: Mapped[str] = mapped_column(String(10))  # sending | sent | empty
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.archive.archiver import Archiver
+from bot.watch.digest import DigestJob
 from bot.watch.poller import Poller
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,17 @@ class _SkipOverlapNotice(logging.Filter):
 
 class PollerJobs:
     def __init__(
-        self, poller: Poller, tick_seconds: float, archiver: Archiver | None = None
+        self,
+        poller: Poller,
+        tick_seconds: float,
+        digest: DigestJob | None = None,
+        digest_seconds: float = 60.0,
+        archiver: Archiver | None = None,
     ) -> None:
         self.poller = poller
         self.tick_seconds = tick_seconds
+        self.digest = digest
+        self.digest_seconds = digest_seconds
         #: the exceptions archive: its own job, so a long archive never delays a poll
         self.archiver = archiver
         self._scheduler = AsyncIOScheduler(timezone=UTC)
@@ -52,6 +60,19 @@ class PollerJobs:
             misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )
+        if self.digest is not None:
+            # Checked every minute (not a cron at each channel's time): each channel has its
+            # own time and zone, and a digest missed while the bot was down is still due.
+            self._scheduler.add_job(
+                self._digest,
+                "interval",
+                seconds=self.digest_seconds,
+                id="daily-digest",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=datetime.now(UTC),
+            )
         if self.archiver is not None:
             # The tick only leases due archives and starts each in its own task.
             self._scheduler.add_job(
@@ -65,6 +86,14 @@ class PollerJobs:
                 next_run_time=datetime.now(UTC),
             )
         self._scheduler.start()
+
+    async def _digest(self) -> None:
+        if self.digest is None or self.poller.stopping:
+            return
+        try:
+            await self.digest.run()
+        except Exception:
+            log.exception("the digest job failed; it runs again at its next check")
 
     async def _tick(self) -> None:
         self._running = asyncio.current_task()

@@ -133,7 +133,7 @@ def test_lookup_and_watch_by_someone_not_on_the_list_are_refused_privately(
     assert "user=U0STRANGER" in log
 
 
-def test_anyone_may_stop_a_watch_and_the_card_says_who_did(
+def test_only_people_on_the_list_may_stop_a_watch_and_the_card_says_who_did(
     harness: Harness, bot: BotProcess
 ) -> None:
     token, channel = 61_003, "C0002"
@@ -143,17 +143,22 @@ def test_anyone_may_stop_a_watch_and_the_card_says_who_did(
     assert f"Watching import {token}" in reply
     card = harness.emulator.wait_for_message(channel, "Unwatch check", timeout=10)
     assert "Stop watching" in message_text(card)
-    # Someone the allow-list would refuse for lookups may still stop a watch.
+    # The allow-lists gate every verb: someone not on them cannot stop the watch...
     with person(harness, bot, "U0STRANGER", channel) as stranger:
         _, reply = answer(stranger, f"unwatch {token}")
+    assert "not on the list of people" in reply
+    assert subscriptions(harness, channel_id=channel)[0]["state"] == "active"
+    # ...anyone on them can, not only who started it.
+    with person(harness, bot, "U0007", channel) as colleague:
+        _, reply = answer(colleague, f"unwatch {token}")
     assert f"Stopped watching import {token}" in reply
     [row] = subscriptions(harness, channel_id=channel)
     assert row["access_token"] == token and row["state"] == "ended"
-    assert row["ended_reason"] == "unwatched by <@U0STRANGER>"
+    assert row["ended_reason"] == "unwatched by <@U0007>"
 
     def card_names_who_stopped() -> str | None:
         text = message_text(harness.emulator.message(channel, card.ts) or {})
-        return text if "unwatched by <@U0STRANGER>" in text else None
+        return text if "unwatched by <@U0007>" in text else None
 
     edited = wait_for(card_names_who_stopped, timeout=10, description="the card edited")
     assert "No longer watching" in edited and "Stop watching" not in edited

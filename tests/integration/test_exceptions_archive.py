@@ -113,7 +113,11 @@ def watch(bot: Bot, user: SlackUser, token: int) -> Message:
     assert f"Watching import {token}" in ack_text(user, f"watch {token}")
 
     def card() -> Message | None:
-        found = [m for m in bot.harness.emulator.messages(user.channel_id) if m.thread_ts is None]
+        found = [
+            m
+            for m in bot.harness.emulator.messages(user.channel_id)
+            if m.thread_ts is None and f"import {token}" in m.text
+        ]
         return found[0] if found else None
 
     return wait_for(card, 5, description="the tracking card")
@@ -358,6 +362,25 @@ def test_an_app_installed_without_files_write_still_gets_the_summary_and_the_fix
     assert "30 records" in text and "Reinstall it from the current manifest.yml" in text
     assert thread_files(redacted, card) == []
     wait_card_line(redacted, card, "Exceptions: 30 records · summary in thread")
+
+
+def test_a_channels_own_exceptions_setting_overrides_exceptions_file(
+    redacted: Bot, place: Place
+) -> None:
+    running(redacted, place.token)
+    with user_of(redacted, place) as user:
+        result = user.command("set exceptions full")
+        assert result.status_code == 200
+        card = watch(redacted, user, place.token)
+        finish(redacted, place.token, 30)
+        shared = wait_thread_file(redacted, card)
+        # Asked privately in the same channel, the file in the DM follows the setting too.
+        answer = ack_text(user, f"exceptions {place.token}")
+    assert shared.rows()[1][2] == generated_exception(1)["EmailAddress"]
+    assert "personal data shown in full" in shared.initial_comment
+    assert generated_exception(1)["EmailAddress"] in answer
+    (dm,) = redacted.harness.emulator.files.shared("D" + place.user_id[1:])
+    assert dm.rows()[1][2] == generated_exception(1)["EmailAddress"]
 
 
 # --------------------------------------------------------------------------- on demand

@@ -350,8 +350,8 @@ async def test_concurrent_callers_share_one_token_request(make_client: Any) -> N
         (httpx.Response(200, json={"access_token": "t", "token_type": 5}), errors.AuthFailed),
         (httpx.Response(200, content=b"{" * 100_000), errors.AuthFailed),
         (httpx.Response(200, content=b" " * (70 * 1024)), errors.AuthFailed),
-        (httpx.ConnectError("refused"), errors.Unavailable),
-        (httpx.ReadTimeout("slow"), errors.Unavailable),
+        (httpx.ConnectError("refused"), errors.Unreachable),
+        (httpx.ReadTimeout("slow"), errors.Unreachable),
     ],
 )
 async def test_token_endpoint_failures_raise_typed_errors(
@@ -868,7 +868,7 @@ async def test_one_debug_line_per_attempt_without_headers(
     lines = [r.getMessage() for r in caplog.records if r.name == "bot.mypreferences.client"]
     assert len(lines) == 3
     assert "token=4242 attempt=1 status=503 elapsed_ms=" in lines[0]
-    assert "token=4242 attempt=2 status=Unavailable" in lines[1]
+    assert "token=4242 attempt=2 status=Unreachable" in lines[1]
     assert "token=4242 attempt=3 status=200" in lines[2]
     assert all("Authorization" not in line and "PNAUTHINFO" not in line for line in lines)
 

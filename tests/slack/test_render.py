@@ -741,6 +741,9 @@ def test_usage_lists_every_form_with_examples() -> None:
         "`/import-status unwatch 12345`",
         "`unsubscribe`",
         "`/import-status list`",
+        "`/import-status history 20`",
+        "`/import-status settings`",
+        "`/import-status set broadcast failures`",
         "`/import-status help`",
     ):
         assert example in shown
@@ -756,7 +759,10 @@ def test_usage_starts_with_the_escaped_problem() -> None:
 
 
 def test_usage_line_constant() -> None:
-    assert USAGE_LINE == "Usage: /import-status [watch|unwatch|exceptions] TOKEN | list | help"
+    assert USAGE_LINE == (
+        "Usage: /import-status [watch|unwatch|exceptions] TOKEN | list | history [N] | settings "
+        "| set KEY VALUE | help"
+    )
 
 
 def test_notice_is_one_section_with_the_same_fallback() -> None:

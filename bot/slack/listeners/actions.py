@@ -7,8 +7,6 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot.clock import utcnow
-from bot.domain.status import ImportStatus
 from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
 from bot.slack import render
 from bot.slack.listeners.commands import CommandHandler, guarded
@@ -61,12 +59,10 @@ class ActionHandler:
             )
             return
 
-        async def fresh() -> render.Message:
-            status: ImportStatus = await self.commands.service.lookup(token)
-            watching = await self.commands.service.is_watched(click.team, click.channel, token)
-            return render.status_message(status, utcnow(), watching=watching)
-
-        message = await guarded(token, fresh)
+        # The command's own lookup: a failed Refresh counts double, as a failed lookup does.
+        message = await guarded(
+            token, lambda: self.commands.lookup(click.team, click.channel, click.user, token)
+        )
         # An ephemeral status message is replaced in place; a click on the channel's
         # card gets a private answer (the card itself belongs to the watcher).
         await respond(
@@ -78,6 +74,14 @@ class ActionHandler:
         click = _Click.from_body(body)
         token = click.token
         if token is None:
+            return
+        denial = await self.commands.access.check(click.team, click.channel, click.user, "unwatch")
+        if denial:
+            await respond(
+                response_type="ephemeral",
+                replace_original=False,
+                **render.notice(denial).as_kwargs(),
+            )
             return
         message = await guarded(
             token, lambda: self.commands.unwatch(click.team, click.channel, click.user, token)

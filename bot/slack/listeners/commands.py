@@ -12,9 +12,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.clock import utcnow
 from bot.metrics import METRICS
@@ -37,9 +38,12 @@ QUICK_ANSWER_SECONDS = 1.5
 
 @dataclass(frozen=True)
 class Command:
-    verb: str  # lookup | watch | unwatch | exceptions | list | help | invalid
+    verb: str  # lookup | watch | unwatch | exceptions | list | help | history | settings | set
+    # | invalid
     access_token: int | None = None
     problem: str | None = None
+    count: int | None = None  # history: how many
+    words: tuple[str, ...] = ()  # set: the key and the value's words
 
 
 _VERBS = {
@@ -49,8 +53,15 @@ _VERBS = {
     "unsubscribe": "unwatch",
     "list": "list",
     "help": "help",
+    "history": "history",
+    "settings": "settings",
+    "set": "set",
     "exceptions": "exceptions",
 }
+#: The verbs the channel's attention handler answers (listeners/attention.py).
+ATTENTION_VERBS = frozenset({"history", "settings", "set"})
+HISTORY_DEFAULT = 10
+HISTORY_MAX = 50
 
 
 def parse_command(text: str | None) -> Command:
@@ -63,7 +74,7 @@ def parse_command(text: str | None) -> Command:
         return Command("help")
     first = words[0].lower()
     verb = _VERBS.get(first)
-    if verb in ("list", "help"):
+    if verb in ("list", "help", "settings"):
         if len(words) > 1:
             return Command("invalid", problem=f"`{first}` takes no arguments.")
         return Command(verb)
@@ -71,6 +82,12 @@ def parse_command(text: str | None) -> Command:
         if len(words) != 2:
             return Command("invalid", problem=f"`{first}` needs exactly one access token.")
         return _with_token(verb, words[1])
+    if verb == "history":
+        return _history(words[1:])
+    if verb == "set":
+        if len(words) < 3:
+            return Command("invalid", problem="`set` needs a setting and a value: set KEY VALUE.")
+        return Command("set", words=tuple(words[1:]))
     if len(words) == 1:
         return _with_token("lookup", words[0])
     return Command("invalid", problem="I did not understand that.")
@@ -82,6 +99,17 @@ def pending_exceptions_text(access_token: int) -> str:
         f"Fetching the exceptions of import {access_token}… I will answer here, "
         "and send the file to your direct messages."
     )
+
+
+def _history(args: list[str]) -> Command:
+    if not args:
+        return Command("history", count=HISTORY_DEFAULT)
+    if len(args) > 1 or not args[0].isascii() or not args[0].isdigit() or int(args[0]) < 1:
+        return Command(
+            "invalid", problem=f"`history` takes one number from 1 to {HISTORY_MAX}, or none."
+        )
+    # More than the most just shows the most (the answer says so).
+    return Command("history", count=min(int(args[0]), 10**6))
 
 
 def _with_token(verb: str, word: str) -> Command:
@@ -124,38 +152,66 @@ async def guarded(
         )
 
 
+class AttentionVerbs(Protocol):
+    """Answers history, settings and set (listeners/attention.py)."""
+
+    async def command(
+        self,
+        parsed: Command,
+        ack: AsyncAck,
+        respond: AsyncRespond,
+        command: dict[str, Any],
+        client: AsyncWebClient,
+    ) -> None: ...
+
+
 class CommandHandler:
     def __init__(
         self,
         service: ImportService,
         access: AccessControl,
+        attention: AttentionVerbs | None = None,
         exceptions: ExceptionsRequests | None = None,
     ) -> None:
         self.service = service
         self.access = access
+        self.attention = attention
         #: ``exceptions TOKEN`` (None: not available in this process)
         self.exceptions = exceptions
 
     def register(self, app: AsyncApp) -> None:
         app.command(COMMAND)(self.handle)
 
-    async def handle(self, ack: AsyncAck, respond: AsyncRespond, command: dict[str, Any]) -> None:
+    async def handle(
+        self,
+        ack: AsyncAck,
+        respond: AsyncRespond,
+        command: dict[str, Any],
+        client: AsyncWebClient | None = None,
+    ) -> None:
         parsed = parse_command(command.get("text"))
         METRICS.commands.labels(verb=parsed.verb).inc()
         team_id = str(command.get("team_id", ""))
         channel_id = str(command.get("channel_id", ""))
         user_id = str(command.get("user_id", ""))
+        # Every verb, help included: outside the allow-lists the bot only says so.
+        denial = await self.access.check(team_id, channel_id, user_id, parsed.verb)
+        if denial is not None:
+            await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
+            return
         if parsed.verb == "invalid":
             await ack(response_type="ephemeral", **render.usage_message(parsed.problem).as_kwargs())
             return
         if parsed.verb == "help":
             await ack(response_type="ephemeral", **render.usage_message().as_kwargs())
             return
-        if parsed.verb in ("lookup", "watch", "exceptions"):
-            denial = await self.access.check(team_id, channel_id, user_id, parsed.verb)
-            if denial is not None:
-                await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
+        if parsed.verb in ATTENTION_VERBS:
+            if self.attention is None or client is None:
+                message = render.usage_message("That is not available in this bot.")
+                await ack(response_type="ephemeral", **message.as_kwargs())
                 return
+            await self.attention.command(parsed, ack, respond, command, client)
+            return
         if parsed.verb == "list":
             work = guarded(None, lambda: self._list(team_id, channel_id))
             await answer(ack, respond, work, "Looking up this channel's watches…")
@@ -163,7 +219,7 @@ class CommandHandler:
         token = parsed.access_token
         assert token is not None  # every other verb carries one
         action, pending = {
-            "lookup": (self._lookup, f"Looking up import {token}…"),
+            "lookup": (self.lookup, f"Looking up import {token}…"),
             "watch": (self.watch, f"Checking import {token} before watching it…"),
             "unwatch": (self.unwatch, f"Stopping the watch of import {token}…"),
             "exceptions": (self._exceptions, pending_exceptions_text(token)),
@@ -171,9 +227,10 @@ class CommandHandler:
         work = guarded(token, lambda: action(team_id, channel_id, user_id, token))
         await answer(ack, respond, work, pending)
 
-    async def _lookup(
+    async def lookup(
         self, team_id: str, channel_id: str, user_id: str, token: int
     ) -> render.Message:
+        """The import's status message; a failed lookup costs the user a second slot."""
         try:
             status = await self.service.lookup(token)
         except ApiError:

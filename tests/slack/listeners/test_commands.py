@@ -257,3 +257,41 @@ async def test_handler_answers_an_api_error_with_its_sentence() -> None:
 
     shown = message_text(slack.acks[0])
     assert errors.TokenRejected.user_message in shown
+
+
+# --------------------------------------------------------------------------- second round
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("history", Command("history", count=10)),
+        ("HISTORY 25", Command("history", count=25)),
+        ("history 500", Command("history", count=500)),
+        ("settings", Command("settings")),
+        ("Settings", Command("settings")),
+        ("set broadcast failures", Command("set", words=("broadcast", "failures"))),
+        (
+            "set digest 09:00 Europe/Paris",
+            Command("set", words=("digest", "09:00", "Europe/Paris")),
+        ),
+    ],
+)
+def test_history_settings_and_set_parse(text: str, expected: Command) -> None:
+    assert parse_command(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("history 0", "`history` takes one number from 1 to 50, or none."),
+        ("history x", "`history` takes one number from 1 to 50, or none."),
+        ("history ٤", "`history` takes one number from 1 to 50, or none."),
+        ("history 1 2", "`history` takes one number from 1 to 50, or none."),
+        ("settings broadcast", "`settings` takes no arguments."),
+        ("set", "`set` needs a setting and a value: set KEY VALUE."),
+        ("set broadcast", "`set` needs a setting and a value: set KEY VALUE."),
+    ],
+)
+def test_bad_history_settings_and_set_are_invalid_with_a_reason(text: str, problem: str) -> None:
+    assert parse_command(text) == Command("invalid", problem=problem)

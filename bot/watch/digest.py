@@ -1,0 +1,128 @@
+"""The daily digest job: which channels are due, one lease per channel and day, then post.
+
+Runs every ``DIGEST_CHECK_SECONDS`` on the watcher's scheduler (``jobs.py``).
+Each replica looks at every channel with a digest time; the ``digests``
+table's unique (team, channel, day) key and its lease decide which replica
+posts, so a day's digest is posted once however many replicas run and
+however often they restart. Posting itself is handed in (``DigestPoster``,
+in ``bot/slack``), as delivery is handed to the poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import date, timedelta
+from typing import Protocol
+
+from bot.clock import Clock, utcnow
+from bot.domain.digest import DIGEST_WINDOW, DigestSummary, due_day, summarise
+from bot.store.digests import EMPTY, SENT, DayKey
+from bot.store.interface import DigestStore, HistoryStore, SettingsStore
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+# Enough for any one channel's day; the message shows at most a few dozen lines.
+MAX_FINISHED = 500
+
+
+class DigestNotSent(Exception):
+    """Slack did not take the digest; ``permanent`` when trying again cannot help."""
+
+    def __init__(self, error: str, *, permanent: bool) -> None:
+        super().__init__(error)
+        self.error = error
+        self.permanent = permanent
+
+
+class DigestPoster(Protocol):
+    async def post_digest(self, team_id: str, channel_id: str, summary: DigestSummary) -> str:
+        """Post the digest; returns the message ts. Raises ``DigestNotSent``."""
+        ...
+
+
+class DigestJob:
+    """Posts each channel's digest once per local day."""
+
+    def __init__(
+        self,
+        settings: SettingsStore,
+        history: HistoryStore,
+        digests: DigestStore,
+        poster: DigestPoster,
+        owner: str,
+        *,
+        lease_seconds: float = 60.0,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.history = history
+        self.digests = digests
+        self.poster = poster
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+
+    async def run(self) -> int:
+        """Post every digest that is due and not yet settled; returns how many were posted."""
+        now = self.clock()
+        channels = await asyncio.to_thread(self.settings.digest_channels)
+        due: dict[DayKey, date] = {}
+        for channel in channels:
+            day = due_day(now, channel.digest, channel.since)
+            if day is not None:
+                due[(channel.team_id, channel.channel_id, day.isoformat())] = day
+        if not due:
+            return 0
+        settled = await asyncio.to_thread(self.digests.settled, list(due))
+        posted = 0
+        for key in sorted(due.keys() - settled):
+            posted += await self._one(key, due[key])
+        return posted
+
+    async def _one(self, key: DayKey, day: date) -> int:
+        now = self.clock()
+        attempts = await asyncio.to_thread(
+            self.digests.claim, key, self.owner, now, self.lease_seconds
+        )
+        if attempts is None:
+            return 0  # another replica has it, or it waits for a retry
+        team_id, channel_id, _ = key
+        extra = {"team": team_id, "channel": channel_id, "event": f"digest:{day.isoformat()}"}
+        finished = await asyncio.to_thread(
+            self.history.finished,
+            team_id,
+            channel_id=channel_id,
+            since=now - DIGEST_WINDOW,
+            limit=MAX_FINISHED,
+        )
+        running = await asyncio.to_thread(self.history.active, team_id, channel_id=channel_id)
+        summary = summarise(day, now, finished, running)
+        if summary.empty:
+            await asyncio.to_thread(self.digests.finish, key, self.owner, EMPTY, now)
+            log.info("digest skipped: nothing happened", extra=extra)
+            return 0
+        try:
+            ts = await self.poster.post_digest(team_id, channel_id, summary)
+        except DigestNotSent as exc:
+            give_up = exc.permanent or attempts + 1 >= MAX_ATTEMPTS
+            delay = min(600.0, 30.0 * 2**attempts)
+            log.warning(
+                "digest not sent (%s)%s",
+                exc.error,
+                "; giving up for today" if give_up else f"; retrying in {delay:.0f} s",
+                extra=extra,
+            )
+            await asyncio.to_thread(
+                self.digests.failed,
+                key,
+                self.owner,
+                exc.error,
+                self.clock() + timedelta(seconds=delay),
+                give_up,
+            )
+            return 0
+        await asyncio.to_thread(self.digests.finish, key, self.owner, SENT, self.clock(), ts)
+        log.info("digest posted", extra=extra)
+        return 1
