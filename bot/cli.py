@@ -1,4 +1,4 @@
-"""Entry points: serve, socket, migrate, status, demo.
+"""Entry points: serve, socket, migrate, status, exceptions, demo.
 
 With no command, the bot serves Slack when its credentials are set and runs
 the demo otherwise, so the README's first command works on any machine.
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate()
         if command == "status":
             return _status(args.token)
+        if command == "exceptions":
+            return _exceptions(args.token, args.out, redacted=args.redacted)
         if command == "demo":
             from bot.sandbox.demo import run_demo
 
@@ -65,6 +67,23 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="upgrade the database to the newest schema and exit")
     status = commands.add_parser("status", help="look one import up and print it")
     status.add_argument("token", help="the import's access token (a positive integer)")
+    exceptions = commands.add_parser(
+        "exceptions",
+        help="fetch an import's failed records into a local CSV and print their summary",
+    )
+    exceptions.add_argument("token", help="the import's access token (a positive integer)")
+    exceptions.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the CSV (default: import-TOKEN-exceptions.csv here; "
+        "a name ending in .gz is gzipped); an existing file is not overwritten",
+    )
+    exceptions.add_argument(
+        "--redacted",
+        action="store_true",
+        help="mask personal data in the file and the summary (default: as MyPreferences "
+        "sent it: this is your own machine, not Slack)",
+    )
     demo = commands.add_parser("demo", help="the whole system on this machine, no accounts needed")
     demo.add_argument("--fast", action="store_true", help="shorter story (used by the tests)")
     return parser
@@ -125,6 +144,98 @@ def _status(raw_token: str) -> int:
         return ExitCode.OK
 
     return asyncio.run(lookup())
+
+
+def _exceptions(raw_token: str, out: str | None, *, redacted: bool) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from bot.archive.csvfile import archive_filename
+    from bot.archive.fetch import ArchiveOptions, fetch_exceptions
+    from bot.domain.archiving import has_failures
+    from bot.domain.exceptions import ExceptionsFile
+    from bot.mypreferences.client import MyPreferencesClient, RetryPolicy
+    from bot.mypreferences.errors import ApiError
+    from bot.mypreferences.pace import Pace
+    from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
+    from bot.terminal import format_exceptions
+
+    try:
+        token = parse_access_token(raw_token)
+    except InvalidAccessToken as exc:
+        print(f"import-status-bot: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    target = Path(out) if out else Path.cwd() / archive_filename(token, gzipped=False)
+    if target.exists():
+        print(f"import-status-bot: {target} exists; not overwriting it", file=sys.stderr)
+        return ExitCode.USAGE
+    if not target.parent.is_dir():
+        print(f"import-status-bot: no such directory: {target.parent}", file=sys.stderr)
+        return ExitCode.USAGE
+    settings = _settings({Need.API})
+    mode = ExceptionsFile.REDACTED if redacted else ExceptionsFile.FULL
+    options = replace(
+        ArchiveOptions.from_settings(
+            settings, RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
+        ),
+        # Spooled beside the target, so the file is then only renamed into place.
+        directory=target.parent,
+        gzip_above_bytes=0 if target.name.endswith(".gz") else None,
+    )
+
+    async def fetch() -> int:
+        async with MyPreferencesClient(settings) as client:
+            try:
+                status = await client.get_status(token, retry=options.plan.retry)
+                if not has_failures(status) and None not in (
+                    status.exceptions,
+                    status.not_honored,
+                    status.validation_failed,
+                ):
+                    print(
+                        f"Import {token} has no failed records (0 exceptions, 0 not honoured, "
+                        "0 failed validation); no file written."
+                    )
+                    return ExitCode.OK
+                result = await fetch_exceptions(
+                    client,
+                    token,
+                    [mode],
+                    options,
+                    Pace(settings.exceptions_requests_per_second),
+                    expires=status.expires,
+                    keep_partial_on_error=True,
+                )
+            except ApiError as exc:
+                print(f"import-status-bot: import {token}: {exc.user_message}", file=sys.stderr)
+                return exc.exit_code
+        try:
+            print(
+                format_exceptions(
+                    result.reports[mode],
+                    access_token=token,
+                    status=status,
+                    expected=result.expected,
+                    partial=result.partial_text(),
+                    cut=result.cut,
+                    reason_fields=settings.exceptions_reason_fields,
+                )
+            )
+            archive = result.files.get(mode)
+            if archive is None:
+                print("No file written: there were no records.")
+                return ExitCode.OK
+            if target.exists():  # created meanwhile: still never overwritten
+                print(f"import-status-bot: {target} exists; not overwriting it", file=sys.stderr)
+                return ExitCode.USAGE
+            moved = archive.move_to(target)
+            masked = "personal data masked" if mode.masks else "personal data as sent"
+            print(f"Wrote {moved.records_written:,} records to {target} ({masked}).")
+            return ExitCode.OK
+        finally:
+            result.discard()
+
+    return asyncio.run(fetch())
 
 
 def _serve(*, socket_mode: bool) -> int:

@@ -6,7 +6,9 @@ and what is expected. Secret values never appear in those lines or in ``repr``.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
@@ -14,6 +16,13 @@ from enum import Enum
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot.domain.exceptions import (
+    DEFAULT_PERSONAL_FIELDS,
+    DEFAULT_REASON_FIELDS,
+    ExceptionsFile,
+    parse_exceptions_file,
+    parse_field_names,
+)
 from bot.domain.rules import Rules
 from bot.domain.schedule import Schedule
 
@@ -21,6 +30,13 @@ DEFAULT_MYPREFERENCES_API_URL = "https://pm.mypreferences.com/Profiles/"
 DEFAULT_STATUS_PATH = "Async/{clientId}/Import/{accessToken}/Status"
 DEFAULT_EXCEPTIONS_PATH = "Async/{clientId}/Import/{accessToken}/Exceptions"
 PATH_PLACEHOLDERS = ("{clientId}", "{accessToken}")
+DEFAULT_EXCEPTIONS_MAX_RECORDS = 1_000_000
+DEFAULT_EXCEPTIONS_PAGE_SIZE = 1000
+MAX_EXCEPTIONS_PAGE_SIZE = 10_000
+DEFAULT_EXCEPTIONS_REQUESTS_PER_SECOND = 2.0
+# How Retrieve exceptions reads ``offset`` (the public pages only say it defaults to 1):
+# "record", the 1-based index of the first record, or "page", the 1-based page number.
+EXCEPTIONS_OFFSET_MODES = ("record", "page")
 
 
 class ConfigError(Exception):
@@ -85,6 +101,15 @@ class Settings:
     allowed_user_ids: frozenset[str] = field(default_factory=frozenset)
     lookup_limit: int = 30
     lookup_window_seconds: float = 600.0
+    # The exceptions archive (SPEC section 6; README "Exceptions").
+    exceptions_file: ExceptionsFile = ExceptionsFile.REDACTED
+    exceptions_max_records: int = DEFAULT_EXCEPTIONS_MAX_RECORDS
+    exceptions_reason_fields: tuple[str, ...] = DEFAULT_REASON_FIELDS
+    exceptions_personal_fields: tuple[str, ...] = DEFAULT_PERSONAL_FIELDS
+    exceptions_dir: str = field(default_factory=tempfile.gettempdir)
+    exceptions_page_size: int = DEFAULT_EXCEPTIONS_PAGE_SIZE
+    exceptions_requests_per_second: float = DEFAULT_EXCEPTIONS_REQUESTS_PER_SECOND
+    exceptions_offset: str = "record"
     digest_check_seconds: float = 60.0
 
     def rules(self) -> Rules:
@@ -211,6 +236,37 @@ def load_settings(
         allowed_user_ids=reader.id_set("ALLOWED_USER_IDS"),
         lookup_limit=int(reader.number("LOOKUP_RATE_LIMIT", 30, minimum=1, integer=True)),
         lookup_window_seconds=reader.number("LOOKUP_RATE_WINDOW_SECONDS", 600.0, minimum=1),
+        exceptions_file=reader.exceptions_file("EXCEPTIONS_FILE"),
+        exceptions_max_records=int(
+            reader.number(
+                "EXCEPTIONS_MAX_RECORDS", DEFAULT_EXCEPTIONS_MAX_RECORDS, minimum=1, integer=True
+            )
+        ),
+        exceptions_reason_fields=reader.field_names(
+            "EXCEPTIONS_REASON_FIELDS", DEFAULT_REASON_FIELDS
+        ),
+        exceptions_personal_fields=reader.field_names(
+            "EXCEPTIONS_PERSONAL_FIELDS", DEFAULT_PERSONAL_FIELDS
+        ),
+        exceptions_dir=reader.directory("EXCEPTIONS_DIR") or tempfile.gettempdir(),
+        exceptions_page_size=int(
+            reader.number(
+                "EXCEPTIONS_PAGE_SIZE",
+                DEFAULT_EXCEPTIONS_PAGE_SIZE,
+                minimum=1,
+                maximum=MAX_EXCEPTIONS_PAGE_SIZE,
+                integer=True,
+            )
+        ),
+        exceptions_requests_per_second=reader.number(
+            "EXCEPTIONS_REQUESTS_PER_SECOND",
+            DEFAULT_EXCEPTIONS_REQUESTS_PER_SECOND,
+            minimum=0.01,
+            maximum=1000,
+        ),
+        exceptions_offset=reader.choice(
+            "MYPREFERENCES_EXCEPTIONS_OFFSET", EXCEPTIONS_OFFSET_MODES, "record"
+        ),
         digest_check_seconds=reader.number("DIGEST_CHECK_SECONDS", 60.0, minimum=0.1),
     )
     return settings
@@ -329,6 +385,35 @@ class _Reader:
             raise ConfigError(
                 f"{name}: expected an IANA time zone such as UTC or Europe/Berlin"
             ) from None
+
+    def exceptions_file(self, name: str) -> ExceptionsFile:
+        raw = self.text(name)
+        if not raw:
+            return ExceptionsFile.REDACTED
+        try:
+            return parse_exceptions_file(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def field_names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            return parse_field_names(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def directory(self, name: str) -> str:
+        """An existing, writable directory (archive files are written there), or ""."""
+        value = self.text(name)
+        if not value:
+            return ""
+        if not os.path.isdir(value):
+            raise ConfigError(f"{name}: expected an existing directory, got {value!r}")
+        if not os.access(value, os.W_OK | os.X_OK):
+            raise ConfigError(f"{name}: the directory {value!r} is not writable by the bot")
+        return value
 
     def id_set(self, name: str) -> frozenset[str]:
         raw = self.text(name)

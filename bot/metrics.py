@@ -58,6 +58,23 @@ class Metrics:
             ["error", "fate"],
             registry=self.registry,
         )
+        self.exception_pages = Counter(
+            "import_status_exception_pages",
+            "Pages of Retrieve exceptions read",
+            registry=self.registry,
+        )
+        self.exception_records = Counter(
+            "import_status_exception_records",
+            "Exception records read from Retrieve exceptions",
+            registry=self.registry,
+        )
+        self.exception_archives = Counter(
+            "import_status_exception_archives",
+            "Exceptions archives posted into Slack, by what was posted "
+            "(file, summary, empty, failed) and where (thread, dm)",
+            ["outcome", "place"],
+            registry=self.registry,
+        )
         self.commands = Counter(
             "import_status_commands", "Slash commands by verb", ["verb"], registry=self.registry
         )

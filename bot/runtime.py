@@ -8,21 +8,27 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import text
 
+from bot.archive.archiver import Archiver
+from bot.archive.csvfile import sweep_stale
 from bot.config import Settings
 from bot.metrics import METRICS
 from bot.mypreferences.client import MyPreferencesClient
+from bot.mypreferences.pace import Pace
 from bot.service import ImportService
 from bot.slack.app import build_app
 from bot.slack.delivery import Delivery
 from bot.slack.digests import SlackDigestPoster
 from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
+from bot.slack.listeners.exceptions import ExceptionsRequests
+from bot.slack.uploads import ThreadUploads
 from bot.store import Store
 from bot.store.engine import make_engine, migrate
 from bot.watch.digest import DigestJob
@@ -57,6 +63,16 @@ class Runtime:
             idle_seconds=settings.tick_seconds,
         )
         self.poller = Poller(settings, self.store.polls, self.api, self.delivery, self.owner)
+        # One polite pace per account for everything that pages through exceptions.
+        self.pace = Pace(settings.exceptions_requests_per_second)
+        self.archiver = Archiver(
+            settings,
+            self.store.archives,
+            self.api,
+            self.pace,
+            ThreadUploads(self.slack, settings),
+            self.owner,
+        )
         self.digest = DigestJob(
             self.store.channel_settings,
             self.store.history,
@@ -70,9 +86,18 @@ class Runtime:
             settings.tick_seconds,
             digest=self.digest,
             digest_seconds=settings.digest_check_seconds,
+            archiver=self.archiver,
         )
         self.access = AccessControl(settings)
         self.service = ImportService(settings, self.store.subscriptions, self.api, self.delivery)
+        self.exceptions = ExceptionsRequests(
+            settings,
+            self.service,
+            self.api,
+            self.pace,
+            self.slack,
+            channel_mode=self.store.archives.channel_mode,
+        )
         self.app = build_app(
             client=self.slack,
             signing_secret=None if socket_mode else settings.slack_signing_secret,
@@ -81,6 +106,7 @@ class Runtime:
             subscriptions=self.store.subscriptions,
             channel_settings=self.store.channel_settings,
             history=self.store.history,
+            exceptions=self.exceptions,
         )
         self.socket_handler: AsyncSocketModeHandler | None = None
         self._socket_task: asyncio.Task[None] | None = None
@@ -90,6 +116,10 @@ class Runtime:
         return migrate(self.engine)
 
     async def start(self) -> None:
+        # Archive files a killed process left behind (older than any token lives).
+        removed = await asyncio.to_thread(sweep_stale, Path(self.settings.exceptions_dir))
+        if removed:
+            log.info("removed %d stale exceptions archive folders", removed)
         self.jobs.start()
         self.delivery.start()
         if self.socket_mode:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from bot.domain.archiving import failed_records
+from bot.domain.exceptions import ExceptionsReport
 from bot.domain.format import format_count, progress_bar, relative_time
 from bot.domain.status import STATUS_LOOKS, ImportStatus, Status
 
@@ -39,6 +41,62 @@ def format_status(status: ImportStatus, now: datetime) -> str:
         lines.append(f"  Token expires:     {_printable(status.expires_text)} (could not be read)")
     else:
         lines.append("  Token expires:     unknown")
+    return "\n".join(lines)
+
+
+def format_exceptions(
+    report: ExceptionsReport,
+    *,
+    access_token: int,
+    status: ImportStatus | None,
+    expected: int | None,
+    partial: str | None,
+    cut: bool,
+    reason_fields: tuple[str, ...],
+) -> str:
+    """The summary of an import's exception records (``exceptions TOKEN``), as plain text."""
+    name = _printable(status.name) if status is not None and status.name else "Unnamed import"
+    lines = [f"Exceptions of {name}  (import {access_token}): {report.total:,} records"]
+    if status is not None:
+        lines.append(
+            f"  The import reported {format_count(status.exceptions)} exceptions, "
+            f"{format_count(status.not_honored)} not honoured and "
+            f"{format_count(status.validation_failed)} failed validation "
+            f"({failed_records(status):,} in all)."
+        )
+    if partial:
+        lines.append(f"  Partial: {_printable(partial)}.")
+    if cut:
+        of = f" of {expected:,}" if expected else ""
+        lines.append(f"  Stopped at {report.total:,}{of} records (EXCEPTIONS_MAX_RECORDS).")
+    if report.total == 0:
+        lines.append("  MyPreferences returned no records.")
+        return "\n".join(lines)
+    if report.grouped:
+        used = ", ".join(report.reason_fields_used[:3])
+        lines.append(f"  Top reasons (from {_printable(used)}):")
+        width = max(len(f"{r.count:,}") for r in report.top_reasons)
+        for reason in report.top_reasons:
+            lines.append(
+                f"    {reason.count:>{width},}  {reason.share:>4.0%}  {_printable(reason.reason)}"
+            )
+        if report.rest:
+            lines.append(
+                f"    {report.rest:>{width},}  {report.rest / report.total:>4.0%}  (others)"
+            )
+        if report.without_reason:
+            share = report.without_reason / report.total
+            lines.append(f"    {report.without_reason:>{width},}  {share:>4.0%}  (no reason given)")
+    else:
+        looked = ", ".join(reason_fields[:8])
+        lines.append(f"  No record has a reason field (looked for {looked}); not grouped.")
+    more = "+" if report.columns_capped else ""
+    lines.append(
+        f"  Columns ({len(report.columns)}{more}): {_printable(', '.join(report.columns))}"
+    )
+    for sample in report.samples:
+        shown = " | ".join(f"{_printable(k)}={_printable(v)}" for k, v in sample.fields[:8])
+        lines.append(f"  Sample: {shown}")
     return "\n".join(lines)
 
 

@@ -59,6 +59,11 @@ def test_demo_tells_the_whole_story_and_exits_0() -> None:
     assert f"{EXPIRING_NAME} · import {EXPIRING_TOKEN}" in out
     assert "This channel is not watching any import" in out
     assert "@demo-user" in out and "<@U0001>" not in out
+    # Import 1001 ended with failures: its exceptions are kept, in the thread and on request.
+    assert "Exceptions: 60 records · file in thread" in out
+    assert out.count("file import-1001-exceptions.csv") == 2  # the thread's, then the DM's
+    assert "• Invalid email address: 24 (40%)" in out
+    assert "@example.com" in out and "john." not in out, "personal data stays masked"
     assert "The story is complete" in out
 
 

@@ -51,6 +51,9 @@ SCOPE_OF_METHOD: dict[str, str | None] = {
     "chat_getPermalink": None,
     "views_open": None,
     "views_publish": None,
+    # The exceptions archive: files_upload_v2 calls files.getUploadURLExternal and
+    # files.completeUploadExternal (files:write; no files:read since slack-sdk 3.23).
+    "files_upload_v2": "files:write",
     "conversations_open": "im:write",
 }
 #: Events Slack sends without any scope being granted.
@@ -155,7 +158,8 @@ def _manifest_urls(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
 
 def _rendered_action_ids() -> set[str]:
     """The action_id of every button the bot can put in a message."""
-    status = ImportStatus(access_token=42, status=Status.PROCESSING)
+    # With failed records, so the Exceptions button is rendered too.
+    status = ImportStatus(access_token=42, status=Status.PROCESSING, exceptions=3)
     messages = [
         render.status_message(status, NOW, watching=watching) for watching in (None, False, True)
     ]
@@ -215,6 +219,7 @@ def test_every_button_the_bot_renders_has_a_handler(registered: dict[str, list[A
             "import_watch",
             "import_refresh",
             "import_unwatch",
+            "import_exceptions",
             "home_refresh",
             "home_unwatch",
         }
@@ -360,7 +365,11 @@ def test_scopes_are_exactly_what_the_code_needs(
     assert _names(registered, "event") <= SCOPELESS_EVENTS
     scopes = manifest["oauth_config"]["scopes"]
     assert set(scopes) == {"bot"}, "the bot needs no user scopes"
-    assert sorted(scopes["bot"]) == sorted(needed) == ["chat:write", "commands", "im:write"]
+    assert (
+        sorted(scopes["bot"])
+        == sorted(needed)
+        == ["chat:write", "commands", "files:write", "im:write"]
+    )
 
 
 def test_the_home_tab_is_enabled_for_the_app_home_opened_listener(

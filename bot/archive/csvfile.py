@@ -200,19 +200,26 @@ class CsvArchiveWriter:
     # -- pass 2 ------------------------------------------------------------------------
 
     def finish(
-        self, *, partial: str | None = None, expected_total: int | None = None
+        self,
+        *,
+        partial: str | None = None,
+        expected_total: int | None = None,
+        cut: bool = False,
     ) -> ArchiveFile:
         """Write the CSV and return it. ``partial``: why the records are incomplete, if so.
 
         With ``partial`` the file ends with e.g. ``# partial: 1,500 of 2,500 records; the
         token expired`` (``expected_total`` is the API's TotalResults, when known).
+        ``cut``: the caller stopped giving records at ``max_records`` while more existed
+        (it need not fetch records only to count them); the cut note then counts
+        ``expected_total`` when known.
         """
         if self._spool is None or self._folder is None:
             raise RuntimeError("the archive writer is finished or discarded")
         try:
             self._spool.close()
             self._spool = None
-            result = self._write_csv(self._folder, partial, expected_total)
+            result = self._write_csv(self._folder, partial, expected_total, cut)
             self._spool_path.unlink()
         except BaseException:
             self.discard()
@@ -221,13 +228,13 @@ class CsvArchiveWriter:
         return result
 
     def _write_csv(
-        self, folder: Path, partial: str | None, expected_total: int | None
+        self, folder: Path, partial: str | None, expected_total: int | None, cut: bool = False
     ) -> ArchiveFile:
         gz_path = folder / archive_filename(self.access_token, gzipped=True)
         with gzip.open(gz_path, "wb", compresslevel=6) as raw:
             # mtime=0 is not offered by gzip.open; the header's time is harmless.
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-            self._write_rows(text, partial, expected_total)
+            self._write_rows(text, partial, expected_total, cut)
             text.flush()
             plain_size = raw.tell()  # in write mode: uncompressed bytes written
             text.detach()
@@ -243,13 +250,15 @@ class CsvArchiveWriter:
             filename=path.name,
             records_written=self.records_written,
             records_seen=self.records_seen,
-            cut=self.records_seen > self.records_written,
+            cut=cut or self.records_seen > self.records_written,
             partial=partial is not None,
             gzipped=gzipped,
             size_bytes=path.stat().st_size,
         )
 
-    def _write_rows(self, out: IO[str], partial: str | None, expected_total: int | None) -> None:
+    def _write_rows(
+        self, out: IO[str], partial: str | None, expected_total: int | None, cut: bool = False
+    ) -> None:
         columns = list(self._columns)
         more_column = _unique(MORE_FIELDS_COLUMN, self._columns) if self._overflow else None
         writer = csv.writer(out)
@@ -276,8 +285,10 @@ class CsvArchiveWriter:
                 writer.writerow(row)
         if self.records_written == 0:
             writer.writerow(["# no exception records"])
-        if self.records_seen > self.records_written:
-            writer.writerow([f"# {describe_cut(self.records_written, self.records_seen)}"])
+        if cut or self.records_seen > self.records_written:
+            known = max(self.records_seen, expected_total or 0)
+            seen = known if known > self.records_written else None
+            writer.writerow([f"# {describe_cut(self.records_written, seen)}"])
         if partial is not None:
             line = describe_partial(self.records_seen, expected_total, " ".join(partial.split()))
             writer.writerow([f"# partial: {line}"])

@@ -505,8 +505,10 @@ def describe_partial(fetched: int, expected: int | None, why: str) -> str:
     return f"{fetched:,} of {expected:,} records; {why}"
 
 
-def describe_cut(written: int, seen: int) -> str:
-    """The words for a file cut at ``EXCEPTIONS_MAX_RECORDS``."""
+def describe_cut(written: int, seen: int | None) -> str:
+    """The words for a file cut at ``EXCEPTIONS_MAX_RECORDS`` (``seen`` None: more, not counted)."""
+    if seen is None or seen <= written:
+        return f"cut at {written:,} records (EXCEPTIONS_MAX_RECORDS); more were not fetched"
     return f"cut at {written:,} of {seen:,} records (EXCEPTIONS_MAX_RECORDS)"
 
 

@@ -46,6 +46,8 @@ from bot.mypreferences.tokens import check_access_token
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# A page of exception records is bigger than a status: 1,000 profiles of up to 8 KiB each.
+MAX_EXCEPTIONS_PAGE_BYTES = 8 * 1024 * 1024
 # httpcore's pool scans every connection it holds on each request and each response,
 # so its CPU cost per request grows with the pool: with 50 requests in flight, one
 # pool of 50 or 100 connections cost ~8 ms of CPU per request, pools of at most 10
@@ -173,11 +175,13 @@ class MyPreferencesClient:
         limit: int = 1000,
         offset: int = 1,
         retry: RetryPolicy = DEFAULT_RETRY,
+        max_bytes: int = MAX_EXCEPTIONS_PAGE_BYTES,
     ) -> ExceptionsPage:
         """Retrieve one page of exception records for an import.
 
         Raises ValueError for a bad access token, limit (< 1) or offset (< 0),
-        and a typed ``errors.ApiError`` for anything the API does.
+        and a typed ``errors.ApiError`` for anything the API does. A body above
+        ``max_bytes`` is refused (``MalformedResponse``) without being kept.
         """
         check_access_token(access_token)
         for name, value, minimum in (("limit", limit, 1), ("offset", offset, 0)):
@@ -185,7 +189,7 @@ class MyPreferencesClient:
                 raise ValueError(f"{name} must be a whole number of at least {minimum}")
         url = self._url(self._settings.exceptions_path, access_token)
         params = {"limit": str(limit), "offset": str(offset)}
-        body = await self._get_object("exceptions", url, access_token, params, retry)
+        body = await self._get_object("exceptions", url, access_token, params, retry, max_bytes)
         return parse_exceptions_page(body)
 
     def _url(self, template: str, access_token: int) -> str:
@@ -202,6 +206,7 @@ class MyPreferencesClient:
         access_token: int,
         params: Mapping[str, str] | None,
         retry: RetryPolicy,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> dict[str, Any]:
         """GET ``url`` under the retry policy; return the decoded JSON object."""
         # Time is accounted as measured request time plus the waits asked for, so
@@ -221,7 +226,7 @@ class MyPreferencesClient:
                 # server cannot stretch one call past it.
                 async with asyncio.timeout(max(retry.budget_seconds - spent, 0.0)):
                     header = await self._auth.header()
-                    answer = await self._send(url, params, header)
+                    answer = await self._send(url, params, header, max_bytes)
             except TimeoutError:
                 error = errors.Timeout("no answer within the time budget")
             except errors.ApiError as exc:
@@ -271,7 +276,13 @@ class MyPreferencesClient:
             wait = max(wait, retry_after)
         return wait
 
-    async def _send(self, url: str, params: Mapping[str, str] | None, header: str) -> _Answer:
+    async def _send(
+        self,
+        url: str,
+        params: Mapping[str, str] | None,
+        header: str,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> _Answer:
         """One GET. Non-2xx answers are returned; transport and body trouble raise."""
         # The least busy pool, so a few slow answers never queue requests behind them.
         pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)
@@ -296,9 +307,9 @@ class MyPreferencesClient:
                 )
                 if not 200 <= code < 300:
                     return _Answer(code, retry_after, None)
-                if _declared_too_large(response):
-                    raise errors.MalformedResponse("the answer is larger than 1 MiB")
-                raw = await read_limited(response, MAX_BODY_BYTES)
+                if _declared_too_large(response, max_bytes):
+                    raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
+                raw = await read_limited(response, max_bytes)
         except httpx.ConnectTimeout as exc:
             # Chaining keeps the cause for operators; httpx error messages carry
             # no headers, so no secret reaches a traceback line.
@@ -313,11 +324,15 @@ class MyPreferencesClient:
         finally:
             self._in_flight[pool] -= 1
         if raw is None:
-            raise errors.MalformedResponse("the answer is larger than 1 MiB")
+            raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
         return _Answer(code, retry_after, _decode_object(raw))
 
 
-def _declared_too_large(response: httpx.Response) -> bool:
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit:,} bytes"
+
+
+def _declared_too_large(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bool:
     """True when an unencoded answer announces more than the limit (skip reading it)."""
     if response.headers.get("Content-Encoding", "identity").lower() != "identity":
         return False  # the declared length is the compressed size; read_limited decides
@@ -325,7 +340,7 @@ def _declared_too_large(response: httpx.Response) -> bool:
     if not (declared.isascii() and declared.isdigit()):
         return False
     # Checking the length first keeps int() away from absurdly long digit strings.
-    return len(declared) > 12 or int(declared) > MAX_BODY_BYTES
+    return len(declared) > 12 or int(declared) > limit
 
 
 def _decode_object(raw: bytes) -> dict[str, Any]:

@@ -4,9 +4,11 @@ A Harness starts the MyPreferences simulator and the Slack emulator as real
 local HTTP servers and the real bot as an ``import-status-bot serve`` process
 with a temporary SQLite database. A person then types real, signed slash
 commands; import 1001 is moved through every state upstream and import 1002
-is left to expire. The terminal shows what the person and the channel see,
-as it appears. At the end the story is checked: every transition, milestone,
-warning and expiry message must have been posted exactly once.
+is left to expire. Import 1001 ends with failures, so its exceptions are kept:
+a CSV in its card's thread, and privately on request. The terminal shows what
+the person and the channel see, as it appears. At the end the story is checked:
+every transition, milestone, warning and expiry message must have been posted
+exactly once, and the exceptions file too.
 
 Everything started here is stopped again, and the temporary directory
 removed, on success, on failure and on Ctrl-C.
@@ -137,6 +139,9 @@ EMOJI = {look.emoji.strip(":"): look.symbol for look in STATUS_LOOKS.values()} |
     "warning": "⚠",
     "no_bell": "✖",
     "large_green_circle": "●",
+    "clipboard": "▤",
+    "page_facing_up": "▤",
+    "scissors": "✂",
 }
 _SLACK_TOKEN = re.compile(r"<([^<>\n]*)>")
 _EMOJI_CODE = re.compile(r":([a-z][a-z0-9_+\-]*):")
@@ -566,8 +571,62 @@ class Story:
         self.screen.full_card(MOVING_TOKEN)
         self.watch_screen(self.pace.pause_seconds)
 
+    def keep_exceptions(self) -> None:
+        self.screen.act(4, "The failed records are kept before the token expires")
+        card = self.screen.cards[MOVING_TOKEN]
+        files = self.harness.emulator.files
+        self.screen.narrate(
+            f"import {MOVING_TOKEN} ended with failures: the bot pages through Retrieve "
+            "exceptions and posts a CSV (personal data masked) into the card's thread"
+        )
+        self.wait_until(
+            lambda: bool(files.shared(CHANNEL_ID, card.ts)),
+            self.pace.step_timeout,
+            f"no exceptions file appeared in the thread of import {MOVING_TOKEN}",
+        )
+        shared = files.shared(CHANNEL_ID, card.ts)
+        self.show_file(shared[0])
+        self.wait_until(
+            lambda: (
+                "Exceptions:" in self.screen.cards[MOVING_TOKEN].text
+                or "Exceptions:" in str(self.screen.cards[MOVING_TOKEN].blocks)
+            ),
+            self.pace.step_timeout / 2,
+            fail=None,
+        )
+        self.check(
+            f"one exceptions file was posted into the thread of import {MOVING_TOKEN}",
+            len(files.shared(CHANNEL_ID, card.ts)) == 1,
+        )
+        answer = self.command(f"exceptions {MOVING_TOKEN}")
+        dm = files.shared("D" + USER_ID[1:])
+        if dm:
+            self.screen.line(
+                f"{self.screen.stamp()} {self.screen.style.dim('in your direct messages:')}"
+            )
+            self.show_file(dm[-1], comment=False)
+        self.check(
+            "asked privately, the summary came back and the file went to the direct message",
+            "Top reasons" in str(answer.get("text", "")) and len(dm) == 1,
+        )
+        self.watch_screen(self.pace.pause_seconds)
+
+    def show_file(self, shared: Any, comment: bool = True) -> None:
+        """A posted file: its name, size and first rows (as the CSV holds them)."""
+        rows = shared.rows()
+        records = sum(1 for row in rows[1:] if row and not row[0].startswith("#"))
+        self.screen.line(
+            f"{self.screen.stamp()} ▤ file {shared.filename} ({len(shared.data):,} bytes, "
+            f"{records:,} records):"
+        )
+        widths = [min(22, max(len(row[i]) for row in rows[:4])) for i in range(len(rows[0]))]
+        for row in rows[:4]:
+            cells = [cell[:22].ljust(width) for cell, width in zip(row, widths, strict=False)]
+            self.screen.line("     " + self.screen.style.dim(" ".join(cells)[:110]))
+        self.screen.line("     " + self.screen.style.dim("…"))
+
     def expire_second_import(self) -> None:
-        self.screen.act(4, f"Import {EXPIRING_TOKEN}'s access token runs out")
+        self.screen.act(5, f"Import {EXPIRING_TOKEN}'s access token runs out")
         # Whole seconds: the API serves Expires without fractions.
         expires = datetime.now(UTC).replace(microsecond=0) + timedelta(
             seconds=self.pace.expiry_seconds + 1
@@ -605,7 +664,7 @@ class Story:
         self.watch_screen(self.pace.pause_seconds)
 
     def list_watches(self) -> None:
-        self.screen.act(5, "What is this channel still watching?")
+        self.screen.act(6, "What is this channel still watching?")
         answer = self.command("list")
         self.check(
             "the list shows nothing is watched any more",
@@ -628,7 +687,7 @@ class Story:
             n = counts[key]
             suffix = "" if n == 1 else (" (never posted)" if n == 0 else f" (posted {n} times)")
             results.append((describe(key) + " posted once" + suffix, n == 1))
-        self.screen.act(6, "Story check")
+        self.screen.act(7, "Story check")
         for description, ok in results:
             mark = self.screen.style.green("✔") if ok else self.screen.style.red("✘")
             self.screen.line(f"   {mark} {description}")
@@ -669,6 +728,7 @@ def _tell(screen: Screen, harness: Harness, user: SlackUser, pace: Pace, deadlin
         story.look_up()
         story.watch_moving_import()
         story.run_moving_import()
+        story.keep_exceptions()
         story.expire_second_import()
         story.list_watches()
     except StoryFailed as exc:

@@ -40,7 +40,8 @@ from bot.mypreferences.parsing import parse_expires
 
 DEFAULT_AUTHORIZATION = "PNAUTHINFO3-HMAC-SHA256 Credential=sim/2026-01-01T00:00:00Z Signature=c2lt"
 DEFAULT_TOKEN_LIFETIME_HOURS = 12  # the Expires attribute's documented default
-MAX_GENERATED_EXCEPTIONS = 10_000
+MAX_GENERATED_EXCEPTIONS = 10_000  # from the Exceptions count; exception_count may go further
+MAX_EXCEPTION_COUNT = 20_000_000
 DEFAULT_EXCEPTIONS_LIMIT = 1000
 MAX_EXCEPTIONS_LIMIT = 10_000
 STATUS_PATH = "/Profiles/Async/{clientId}/Import/{accessToken}/Status"
@@ -50,13 +51,39 @@ OAUTH_TOKEN_PATH = "/oauth/token"
 _STATUS, _EXCEPTIONS, _OAUTH = "status", "exceptions", "oauth"
 # Cut off mid-string on purpose: decoding it must fail.
 _MALFORMED_BODY = b'{"AccessToken": 1, "Status": "Proce'
-_EXCEPTION_REASONS = (
-    ("E1001", "Invalid email address"),
-    ("E1002", "Missing required field: ContactId"),
-    ("E1003", "Unknown preference code"),
-    ("E1004", "Duplicate record in the same import"),
+#: (code, message, weight in %): the skew of real failures, a few reasons dominating.
+EXCEPTION_REASONS = (
+    ("E1001", "Invalid email address", 40),
+    ("E1002", "Phone number is not valid", 25),
+    ("E1003", "Missing consent date", 15),
+    ("E1004", "Unknown preference code", 8),
+    ("E1005", "Duplicate record in the same import", 5),
+    ("E1006", "Profile is locked", 4),
+    ("E1007", "Invalid postal code", 2),
+    ("E1008", "Field too long: FirstName", 1),
 )
-_FAULT_KEYS = ("status", "token", "times", "delay", "malformed", "body", "retry_after")
+# Record n's reason is _REASON_WHEEL[(n * 37) % 100]: over any 100 consecutive records
+# each reason appears exactly its weight in times, spread out rather than in runs.
+_REASON_WHEEL = [
+    (code, message) for code, message, weight in EXCEPTION_REASONS for _ in range(weight)
+]
+_FIRST_NAMES = ("Jane", "John", "Maria", "Wei", "Aisha", "Lars", "Sofia", "Kenji", "Zoë", "Omar")
+_LAST_NAMES = ("Smith", "García", "Müller", "Chen", "Okafor", "Rossi", "Dubois", "Kowalski")
+_FAULT_KEYS = (
+    "status",
+    "token",
+    "times",
+    "delay",
+    "malformed",
+    "body",
+    "retry_after",
+    "endpoint",
+    "after",
+)
+#: How the simulator reads Retrieve exceptions' ``offset`` (MYPREFERENCES_EXCEPTIONS_OFFSET).
+OFFSET_MODES = ("record", "page")
+#: Ways an import's Retrieve exceptions can misbehave (``exceptions_quirks``).
+QUIRKS = frozenset({"ignore_offset", "always_has_more"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,8 @@ class _Import:
     exception_records: list[dict[str, object]] | None
     expires_at: float | None = None  # epoch seconds; None when Expires is unparseable
     next_step: int = 0
+    exception_count: int | None = None  # generated records, whatever Exceptions says
+    quirks: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -97,6 +126,8 @@ class _Fault:
     malformed: bool
     body: bytes | None
     retry_after: str | None
+    endpoint: str | None = None  # "status" | "exceptions"; None matches both
+    after: int = 0  # matching requests let through before the fault starts
 
     def response(self) -> Response | None:
         """The canned answer, or None when this fault only delays a normal answer."""
@@ -162,8 +193,13 @@ class Simulator:
         oauth_client_secret: str = "sim-oauth-secret",
         oauth_token_lifetime: float = 3600.0,
         response_delay: float = 0.0,
+        exceptions_offset: str = "record",
     ) -> None:
+        if exceptions_offset not in OFFSET_MODES:
+            raise ValueError(f"exceptions_offset must be one of {', '.join(OFFSET_MODES)}")
         self.client_id = client_id
+        #: how ``offset`` counts: "record" (index of the first record) or "page" (page number)
+        self.exceptions_offset = exceptions_offset
         self.authorization = authorization
         self.oauth_client_id = oauth_client_id
         self.oauth_client_secret = oauth_client_secret
@@ -210,6 +246,8 @@ class Simulator:
         expires: datetime | str | None = None,
         script: Sequence[Step] | None = None,
         exception_records: list[dict[str, object]] | None = None,
+        exception_count: int | None = None,
+        exceptions_quirks: Sequence[str] = (),
         **fields: object,
     ) -> None:
         """Create (or replace) an import.
@@ -218,7 +256,11 @@ class Simulator:
         ``expires`` defaults to now + 12 h; a ``str`` is served verbatim.
         ``script`` steps apply lazily, ``after`` seconds from now.
         ``exception_records`` are served by Retrieve exceptions; by default as many
-        records are generated as the import's ``Exceptions`` count says.
+        records are generated as the import's ``Exceptions`` count says (at most
+        ``MAX_GENERATED_EXCEPTIONS``), or exactly ``exception_count`` when given (for
+        large archives: only the requested page is ever generated). See
+        ``generated_exception`` for what they hold. ``exceptions_quirks`` (``QUIRKS``)
+        make its Retrieve exceptions misbehave.
         """
         if expires is None:
             expires = datetime.now(UTC) + timedelta(hours=DEFAULT_TOKEN_LIFETIME_HOURS)
@@ -250,6 +292,8 @@ class Simulator:
             created=time.monotonic(),
             script=sorted(script or (), key=lambda step: step.after),
             exception_records=list(exception_records) if exception_records is not None else None,
+            exception_count=_checked_count(exception_count),
+            quirks=_checked_quirks(exceptions_quirks),
         )
         _set_fields(record, {"Expires": expires, **fields})
         with self._lock:
@@ -287,6 +331,8 @@ class Simulator:
         malformed: bool = False,
         body: str | bytes | None = None,
         retry_after: str | None = None,
+        endpoint: str | None = None,
+        after: int = 0,
     ) -> None:
         """Make the next ``times`` matching Status/Exceptions requests misbehave.
 
@@ -294,6 +340,8 @@ class Simulator:
         The request waits ``delay`` seconds, then gets ``status`` with a small JSON
         error body, or malformed JSON, or exactly ``body`` (status 200 unless given),
         or, for a delay-only fault, the normal answer. ``retry_after`` sets Retry-After.
+        ``endpoint`` ("status" or "exceptions") limits it to one endpoint; ``after`` lets
+        that many matching requests through first (a fault on the 3rd page: ``after=2``).
         Raises ValueError for an impossible combination.
         """
         if status is not None and (not _is_int(status) or not 100 <= status <= 599):
@@ -312,6 +360,10 @@ class Simulator:
             raise ValueError("retry_after must be a string (the header value)")
         if status is None and not delay and not malformed and body is None:
             raise ValueError("the fault does nothing: give status, delay, malformed or body")
+        if endpoint not in (None, _STATUS, _EXCEPTIONS):
+            raise ValueError("endpoint must be 'status', 'exceptions' or None")
+        if not _is_int(after) or after < 0:
+            raise ValueError("after must be a non-negative integer")
         fault = _Fault(
             status=status,
             token=token,
@@ -320,6 +372,8 @@ class Simulator:
             malformed=bool(malformed),
             body=body.encode() if isinstance(body, str) else body,
             retry_after=retry_after,
+            endpoint=endpoint,
+            after=after,
         )
         with self._lock:
             self._faults.append(fault)
@@ -329,20 +383,24 @@ class Simulator:
         with self._lock:
             self._faults.clear()
 
-    def _take_fault(self, token: int | None) -> _Fault | None:
-        """Consume one use of the first fault matching ``token``, if any."""
+    def _take_fault(self, token: int | None, kind: str = _STATUS) -> _Fault | None:
+        """Consume one use of the first fault matching ``token`` and ``kind``, if any."""
         # The common case, checked without the lock: a fault injected at this very
         # instant may miss this one request, which no test can tell apart anyway.
         if not self._faults:
             return None
         with self._lock:
             for index, fault in enumerate(self._faults):
-                if fault.token is None or fault.token == token:
-                    if fault.remaining is not None:
-                        fault.remaining -= 1
-                        if fault.remaining <= 0:
-                            del self._faults[index]
-                    return fault
+                if fault.token not in (None, token) or fault.endpoint not in (None, kind):
+                    continue
+                if fault.after > 0:
+                    fault.after -= 1  # this one goes through; the fault comes later
+                    return None
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        del self._faults[index]
+                return fault
         return None
 
     # ------------------------------------------------------------ oauth, delay
@@ -409,7 +467,7 @@ class Simulator:
     async def _api_request(self, request: Request, kind: str) -> Response:
         arrived = time.monotonic()
         token = _parse_int(request.path_params["accessToken"])
-        fault = self._take_fault(token)
+        fault = self._take_fault(token, kind)
         if self.response_delay > 0:
             await asyncio.sleep(self.response_delay)
         response: Response | None = None
@@ -449,8 +507,10 @@ class Simulator:
             elif page_error is not None:
                 return _error(400, page_error)
             else:
-                body = _exceptions_page(record, limit, offset)
-        # Serialising outside the lock keeps the critical section short.
+                page_mode = self.exceptions_offset == "page"
+        if kind == _EXCEPTIONS:
+            # Generating and serialising outside the lock keeps the critical section short.
+            body = _exceptions_page(record, limit, offset, page_mode=page_mode)
         return _json_response(body)
 
     def _authorized(self, header: str | None) -> bool:
@@ -507,6 +567,11 @@ class Simulator:
                 isinstance(records, list) and all(isinstance(r, dict) for r in records)
             ):
                 raise ValueError("exception_records must be a list of objects")
+            exception_count = _checked_count(spec.pop("exception_count", None))
+            quirks = spec.pop("exceptions_quirks", [])
+            if not isinstance(quirks, list) or not all(isinstance(q, str) for q in quirks):
+                raise ValueError("exceptions_quirks must be a list of strings")
+            _checked_quirks(quirks)
             # Non-string values (hostile ones, or null) stay in spec and are served as given.
             name = spec.pop("Name") if isinstance(spec.get("Name"), str) else None
             status = spec.pop("Status") if isinstance(spec.get("Status"), str) else "Initiated"
@@ -520,6 +585,8 @@ class Simulator:
             expires=expires,
             script=script,
             exception_records=records,
+            exception_count=exception_count,
+            exceptions_quirks=quirks,
             **spec,
         )
         return _json_response({"AccessToken": token}, 201)
@@ -610,33 +677,84 @@ def _apply_due_steps(record: _Import, now: float) -> None:
         record.next_step += 1
 
 
-def _exceptions_page(record: _Import, limit: int, offset: int) -> dict[str, object]:
-    """One page of exception records; ``offset`` is 1-based."""
-    start = offset - 1
+def exception_total(record: _Import) -> int:
+    """How many exception records an import serves."""
     if record.exception_records is not None:
-        total = len(record.exception_records)
+        return len(record.exception_records)
+    if record.exception_count is not None:
+        return record.exception_count
+    count = record.fields.get("Exceptions")
+    # A hostile (non-integer) count yields no records rather than an error.
+    if isinstance(count, int) and not isinstance(count, bool):
+        return max(0, min(count, MAX_GENERATED_EXCEPTIONS))
+    return 0
+
+
+def _exceptions_page(
+    record: _Import, limit: int, offset: int, *, page_mode: bool = False
+) -> dict[str, object]:
+    """One page of exception records; ``offset`` is 1-based (a record, or a page number)."""
+    asked = offset
+    if "ignore_offset" in record.quirks:
+        offset = 1
+    start = (offset - 1) * limit if page_mode else offset - 1
+    total = exception_total(record)
+    if record.exception_records is not None:
         page = record.exception_records[start : start + limit]
     else:
-        count = record.fields.get("Exceptions")
-        # A hostile (non-integer) count yields no records rather than an error.
-        total = 0
-        if isinstance(count, int) and not isinstance(count, bool):
-            total = max(0, min(count, MAX_GENERATED_EXCEPTIONS))
         # Only the requested page is generated, so large counts stay cheap.
-        page = [_generated_exception(n) for n in range(offset, min(start + limit, total) + 1)]
+        page = [generated_exception(n) for n in range(start + 1, min(start + limit, total) + 1)]
+    has_more = start + len(page) < total or "always_has_more" in record.quirks
     return {
         "Count": len(page),
-        "HasMore": start + len(page) < total,
+        "HasMore": has_more,
         "Limit": limit,
-        "Offset": offset,
+        "Offset": asked,
         "TotalResults": total,
         "Records": page,
     }
 
 
-def _generated_exception(number: int) -> dict[str, object]:
-    code, reason = _EXCEPTION_REASONS[number % len(_EXCEPTION_REASONS)]
-    return {"RecordNumber": number, "Code": code, "Reason": reason}
+def generated_exception(number: int) -> dict[str, object]:
+    """Exception record ``number`` (1-based) as the simulator serves it: a profile that
+    failed, with personal data (e-mail, phone, names) and a reason (``EXCEPTION_REASONS``)."""
+    code, message = _REASON_WHEEL[(number * 37) % 100]
+    first = _FIRST_NAMES[number % len(_FIRST_NAMES)]
+    last = _LAST_NAMES[number % len(_LAST_NAMES)]
+    return {
+        "RecordNumber": number,
+        "ProfileId": f"P{number:09d}",
+        "EmailAddress": f"{first.lower()}.{last.lower()}{number}@example.com",
+        "Phone": f"+1 555 {number % 1000:03d} {number % 10000:04d}",
+        "FirstName": first,
+        "LastName": last,
+        "ErrorCode": code,
+        "ErrorMessage": message,
+    }
+
+
+def expected_reasons(total: int) -> dict[str, int]:
+    """How many of the first ``total`` generated records give each reason."""
+    counts: dict[str, int] = {}
+    for number in range(1, total + 1):
+        message = _REASON_WHEEL[(number * 37) % 100][1]
+        counts[message] = counts.get(message, 0) + 1
+    return counts
+
+
+def _checked_count(count: object) -> int | None:
+    if count is None:
+        return None
+    if not _is_int(count) or not 0 <= count <= MAX_EXCEPTION_COUNT:  # type: ignore[operator]
+        raise ValueError(f"exception_count must be an integer from 0 to {MAX_EXCEPTION_COUNT}")
+    return int(count)  # type: ignore[call-overload]
+
+
+def _checked_quirks(quirks: Sequence[str]) -> frozenset[str]:
+    unknown = set(quirks) - QUIRKS
+    if unknown:
+        raise ValueError(f"unknown exceptions quirks: {', '.join(sorted(unknown))}")
+    return frozenset(quirks)
 
 
 def _query_int(request: Request, name: str, default: int) -> int:
@@ -796,6 +914,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client-id", default="ACME")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per status answer")
     parser.add_argument(
+        "--exceptions-offset",
+        choices=OFFSET_MODES,
+        default="record",
+        help="how Retrieve exceptions reads offset (MYPREFERENCES_EXCEPTIONS_OFFSET)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -806,7 +930,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed < 0:
         parser.error("--seed must not be negative")
 
-    sim = Simulator(client_id=args.client_id, response_delay=args.delay)
+    sim = Simulator(
+        client_id=args.client_id,
+        response_delay=args.delay,
+        exceptions_offset=args.exceptions_offset,
+    )
     tokens = seed_demo_imports(sim)
     if args.seed:
         seeded = seed_bulk_imports(sim, args.seed)

@@ -564,6 +564,10 @@ class SlackEmulator:
                 Route("/_emulator/reset", self._http_reset, methods=["POST"]),
             ]
         )
+        # Files (the upload v2 flow) and direct messages: their own section, slack_files.py.
+        from bot.sandbox.slack_files import SlackFiles
+
+        self.files = SlackFiles(self)
 
     def _reset_state(self) -> None:
         self._next_ts = _FIRST_TS_MICROS
@@ -787,6 +791,7 @@ class SlackEmulator:
         tokens work again; rate limits and scopes are as installed again."""
         with self._lock:
             self._reset_state()
+        self.files.reset()
 
     # ----------------------------------------------------------------- reading back
 

@@ -18,6 +18,7 @@ from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.actions import ActionHandler
 from bot.slack.listeners.attention import AttentionHandler
 from bot.slack.listeners.commands import CommandHandler
+from bot.slack.listeners.exceptions import ExceptionsButton, ExceptionsRequests
 from bot.slack.listeners.home import HomeTab
 from bot.slack.listeners.lifecycle import WorkspaceEvents
 from bot.store.interface import HistoryStore, SettingsStore, SubscriptionStore
@@ -34,6 +35,7 @@ def build_app(
     subscriptions: SubscriptionStore,
     channel_settings: SettingsStore,
     history: HistoryStore,
+    exceptions: ExceptionsRequests | None = None,
 ) -> AsyncApp:
     """The Bolt AsyncApp with every listener registered.
 
@@ -58,9 +60,10 @@ def build_app(
     app.middleware(ignore_retried_interactions)
     permalinks = Permalinks(client)
     attention = AttentionHandler(channel_settings, history, access, permalinks)
-    commands = CommandHandler(service, access, attention)
+    commands = CommandHandler(service, access, attention, exceptions)
     commands.register(app)
     ActionHandler(commands).register(app)
+    ExceptionsButton(exceptions, access).register(app)
     attention.register(app)
     HomeTab(history, service, access, permalinks).register(app)
     WorkspaceEvents(subscriptions).register(app)

@@ -51,6 +51,7 @@ from bot.slack.errors import (
     is_known,
     retry_after_seconds,
 )
+from bot.slack.render_exceptions import card_line
 from bot.store.interface import OutboxStore
 from bot.store.records import DeliveryState, PendingNotification
 
@@ -449,6 +450,7 @@ class Delivery:
             subscribed_at=d.subscribed_at,
             eta_seconds=eta,
             ended_reason=None if d.active else (d.ended_reason or "ended"),
+            exceptions_line=card_line(d.exceptions) if d.exceptions is not None else None,
         )
 
     # ------------------------------------------------------------------ Slack, and its errors

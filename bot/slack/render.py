@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.domain.archiving import has_failures
 from bot.domain.events import Event, EventKind
 from bot.domain.expiry import is_expired
 from bot.domain.format import (
@@ -47,9 +48,10 @@ MAX_BLOCKS = 50
 ACTION_WATCH = "import_watch"
 ACTION_REFRESH = "import_refresh"
 ACTION_UNWATCH = "import_unwatch"
+ACTION_EXCEPTIONS = "import_exceptions"
 
 USAGE_LINE = (
-    "Usage: /import-status [watch|unwatch] TOKEN | list | history [N] | settings "
+    "Usage: /import-status [watch|unwatch|exceptions] TOKEN | list | history [N] | settings "
     "| set KEY VALUE | help"
 )
 
@@ -379,6 +381,8 @@ def status_message(
     if watching is not True and not status.status.is_terminal:
         buttons.append(_button("Watch in this channel", ACTION_WATCH, token, "primary"))
     buttons.append(_button("Refresh", ACTION_REFRESH, token))
+    if has_failures(status):
+        buttons.append(_button("Exceptions", ACTION_EXCEPTIONS, token))
     if watching is True:
         buttons.append(_button("Stop watching", ACTION_UNWATCH, token))
     blocks.append(_actions(token, buttons))
@@ -394,6 +398,7 @@ def tracking_card(
     subscribed_at: datetime,
     eta_seconds: float | None = None,
     ended_reason: str | None = None,
+    exceptions_line: str | None = None,
 ) -> Message:
     """The channel's one tracking message for an import, edited in place as it moves.
 
@@ -404,7 +409,9 @@ def tracking_card(
     ``ended_reason`` is text written by the bot, such as "unwatched by <@U123>":
     well-formed user mentions in it are kept, everything else is escaped (the
     id inside came from a request). When set, the card says watching stopped
-    and keeps only Refresh.
+    and keeps only Refresh (and Exceptions when records failed).
+    ``exceptions_line`` is trusted mrkdwn written by the bot
+    (``render_exceptions.card_line``): what became of the import's exceptions archive.
     """
     if status is None:
         blocks = [
@@ -416,6 +423,8 @@ def tracking_card(
         # No relative expiry: "in 3 h 10 min" would change on every poll.
         blocks = _status_blocks(status, now, eta_seconds, relative_expiry=False)
         fallback = _status_fallback(status)
+    if exceptions_line:
+        blocks.append(_section(exceptions_line))
     if ended_reason:
         reason = _with_mentions(ended_reason)
         blocks.append(_section(f":no_bell: No longer watching: {reason}"))
@@ -424,6 +433,8 @@ def tracking_card(
         _context(f"Watched by {_mention(subscriber_id)} since {slack_date(subscribed_at)}")
     )
     buttons = [_button("Refresh", ACTION_REFRESH, access_token)]
+    if status is not None and has_failures(status):
+        buttons.append(_button("Exceptions", ACTION_EXCEPTIONS, access_token))
     if not ended_reason:
         buttons.append(_button("Stop watching", ACTION_UNWATCH, access_token))
     blocks.append(_actions(access_token, buttons))
@@ -539,6 +550,8 @@ def usage_message(problem: str | None = None) -> Message:
         "• `/import-status 12345`: show an import's status (only to you)",
         "• `/import-status watch 12345`: watch it in this channel (alias `subscribe`)",
         "• `/import-status unwatch 12345`: stop watching it here (alias `unsubscribe`)",
+        "• `/import-status exceptions 12345`: why its records failed (only to you; "
+        "the file comes to your direct messages)",
         "• `/import-status list`: the imports this channel watches",
         "• `/import-status history 20`: the last 20 finished watches here (default 10)",
         "• `/import-status settings`: this channel's settings; "

@@ -2,14 +2,15 @@
 
 ``Store`` bundles the parts over one engine: ``subscriptions`` (the
 commands), ``polls`` (the poller), ``outbox`` (delivery), ``channel_settings``
-(each channel's choices), ``history`` (what watches came to) and ``digests``
-(one daily digest per channel).
+(each channel's choices), ``history`` (what watches came to), ``digests``
+(one daily digest per channel) and ``archives`` (the exceptions archive).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from bot.store.archives import Archives
 from bot.store.channel_settings import ChannelSettingsTable
 from bot.store.digests import Digests
 from bot.store.history import History
@@ -29,9 +30,11 @@ class Store:
         self.channel_settings = ChannelSettingsTable(engine)
         self.history = History(engine)
         self.digests = Digests(engine)
+        self.archives = Archives(engine)
 
     def release_leases(self, owner: str) -> None:
         """Give back every lease this replica holds (graceful shutdown)."""
         self.polls.release_leases(owner)
         self.outbox.release_leases(owner)
         self.digests.release_leases(owner)
+        self.archives.release_leases(owner)

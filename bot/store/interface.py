@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from bot.domain.history import ActiveWatch, FinishedWatch
 from bot.domain.settings import ChannelSettings
 from bot.domain.status import ImportStatus
+from bot.store.archives import DueArchive, UploadTarget
 from bot.store.channel_settings import DigestChannel
 from bot.store.digests import DayKey
 from bot.store.records import DeliveryState, DueImport, PollResult, Subscribed, Watch
@@ -170,6 +171,49 @@ class DigestStore(Protocol):
 
     def failed(
         self, key: DayKey, owner: str, error: str, retry_at: datetime, give_up: bool
+    ) -> None: ...
+
+    def release_leases(self, owner: str) -> None: ...
+
+
+class ArchiveStore(Protocol):
+    """For the exceptions archive: due archives, their leases, and each upload's fate."""
+
+    def claim_due_archives(
+        self, owner: str, now: datetime, limit: int, lease_seconds: float
+    ) -> list[DueArchive]: ...
+
+    def renew_lease(
+        self, archive_id: int, owner: str, now: datetime, lease_seconds: float
+    ) -> bool: ...
+
+    def upload_targets(self, archive_id: int) -> list[UploadTarget]: ...
+
+    def record_fetch(
+        self,
+        archive_id: int,
+        owner: str,
+        *,
+        records: int | None,
+        expected: int | None,
+        pages: int | None,
+        stopped: str | None,
+        cut: bool,
+        error: str | None,
+    ) -> bool: ...
+
+    def mark_upload_sent(
+        self, upload_id: int, *, mode: str, file_id: str | None, ts: str | None, now: datetime
+    ) -> bool: ...
+
+    def drop_upload(self, upload_id: int, error: str) -> None: ...
+
+    def note_upload_failure(self, upload_id: int, error: str) -> None: ...
+
+    def finish_archive(self, archive_id: int, owner: str, now: datetime) -> bool: ...
+
+    def retry_archive(
+        self, archive_id: int, owner: str, error: str | None, retry_at: datetime, *, count: bool
     ) -> None: ...
 
     def release_leases(self, owner: str) -> None: ...

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.domain.events import Event
+from bot.store.archives import archive_note
 from bot.store.records import (
     ACTIVE,
     DROPPED,
@@ -160,6 +161,7 @@ class Outbox:
                 card_retry_at=sub.card_retry_at,
                 card_error=sub.card_error,
                 channel_wait_until=channel_wait,
+                exceptions=archive_note(conn.connection(), subscription_id),
             )
 
     def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:

@@ -17,9 +17,11 @@ from sqlalchemy import Engine, bindparam, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from bot.domain.archiving import archives_for
 from bot.domain.events import EventKind
 from bot.domain.history import EXPIRED_REASON
 from bot.domain.rules import Decision
+from bot.store.archives import create_archives
 from bot.store.records import (
     ACTIVE,
     PENDING,
@@ -217,6 +219,12 @@ class Polls:
                     .on_conflict_do_nothing(index_elements=["subscription_id", "event_key"])
                     .returning(NotificationRow.id)
                 ).all()
+            )
+        kinds = archives_for(result.decision)
+        if kinds and status is not None:
+            # The exceptions archive is an outbox entry too: decided with the poll, kept with it.
+            create_archives(
+                conn, result.import_id, kinds, subscriptions, status.expires, result.polled_at
             )
         ids = [sub.id for sub in subscriptions]
         if result.decision.changed:

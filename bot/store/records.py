@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.domain.archiving import ArchiveKind
 from bot.domain.events import Event
 from bot.domain.rules import Decision, Memory
 from bot.domain.status import ImportStatus, Status
@@ -95,6 +96,22 @@ class PendingNotification:
 
 
 @dataclass(frozen=True)
+class ArchiveNote:
+    """What a tracking card says about its import's exceptions (the latest archive posted)."""
+
+    kind: ArchiveKind
+    records: int | None
+    expected: int | None
+    stopped: str | None
+    cut: bool
+    error: str | None
+    #: the EXCEPTIONS_FILE mode the channel got
+    mode: str | None
+    #: a file was posted (not only a message)
+    has_file: bool
+
+
+@dataclass(frozen=True)
 class DeliveryState:
     """Everything delivery needs to bring one subscription's channel up to date."""
 
@@ -119,6 +136,8 @@ class DeliveryState:
     card_error: str | None = None
     #: Slack's "not before" for this channel: no card and no reply goes before it.
     channel_wait_until: datetime | None = None
+    #: the import's exceptions archive as posted in this thread (the card's line)
+    exceptions: ArchiveNote | None = None
 
 
 @dataclass(frozen=True)

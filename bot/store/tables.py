@@ -147,6 +147,64 @@ class NotificationRow(Base):
     last_error: Mapped[str | None] = mapped_column(String(200))
 
 
+class ArchiveRow(Base):
+    """An exceptions archive of one import: fetched once, posted to each watching channel.
+
+    One per (import, kind): ``final`` when the import ended with failures, ``partial``
+    when it was still running at the expiry warning. An outbox entry like a
+    notification: leased while it is fetched and posted, done when every upload is.
+    """
+
+    __tablename__ = "archives"
+    __table_args__ = (
+        UniqueConstraint("import_id", "kind", name="uq_archives_import_kind"),
+        Index("ix_archives_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))  # final | partial
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending | done
+    created_at: Mapped[datetime]
+    # The token's Expires when the archive was decided: the soonest goes first.
+    expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    # What the last fetch found (the cards show it).
+    records: Mapped[int | None] = mapped_column(BigInteger)
+    expected: Mapped[int | None] = mapped_column(BigInteger)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    stopped: Mapped[str | None] = mapped_column(String(200))  # why the records are partial
+    cut: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(String(300))  # why nothing could be fetched
+    finished_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]
+
+
+class ArchiveUploadRow(Base):
+    """One archive posted into one subscription's thread: sendable once, like a notification."""
+
+    __tablename__ = "archive_uploads"
+    __table_args__ = (
+        UniqueConstraint("archive_id", "subscription_id", name="uq_archive_uploads"),
+        Index("ix_archive_uploads_subscription", "subscription_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive_id: Mapped[int] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"))
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending | sent | dropped
+    # What was posted: the EXCEPTIONS_FILE mode, the file's id, or the message's ts.
+    mode: Mapped[str | None] = mapped_column(String(10))
+    slack_file_id: Mapped[str | None] = mapped_column(String(40))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    sent_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+
+
 class ChannelSettingsRow(Base):
     """A channel's settings (bot.domain.settings); no row means every default."""
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot.archive.archiver import Archiver
 from bot.watch.digest import DigestJob
 from bot.watch.poller import Poller
 
@@ -35,11 +36,14 @@ class PollerJobs:
         tick_seconds: float,
         digest: DigestJob | None = None,
         digest_seconds: float = 60.0,
+        archiver: Archiver | None = None,
     ) -> None:
         self.poller = poller
         self.tick_seconds = tick_seconds
         self.digest = digest
         self.digest_seconds = digest_seconds
+        #: the exceptions archive: its own job, so a long archive never delays a poll
+        self.archiver = archiver
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: asyncio.Task[object] | None = None
         logging.getLogger("apscheduler.scheduler").addFilter(_SkipOverlapNotice())
@@ -64,6 +68,18 @@ class PollerJobs:
                 "interval",
                 seconds=self.digest_seconds,
                 id="daily-digest",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=datetime.now(UTC),
+            )
+        if self.archiver is not None:
+            # The tick only leases due archives and starts each in its own task.
+            self._scheduler.add_job(
+                self.archiver.tick,
+                "interval",
+                seconds=self.tick_seconds,
+                id="archiver-tick",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
@@ -105,6 +121,10 @@ class PollerJobs:
                 task.cancel()
         # Polls still waiting on the API: finish and save them in the time left.
         await self.poller.drain(timeout=max(0.5, deadline - time.monotonic()))
+        if self.archiver is not None:
+            # An archive in progress is handed over (its lease released), not finished.
+            await self.archiver.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+            await asyncio.to_thread(self.archiver.store.release_leases, self.archiver.owner)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         await asyncio.to_thread(self.poller.polls.release_leases, self.poller.owner)

@@ -209,6 +209,25 @@ def test_cut_and_partial_are_both_said(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("expected_total", "note"),
+    [
+        (2500, "# cut at 2 of 2,500 records (EXCEPTIONS_MAX_RECORDS)"),
+        (None, "# cut at 2 records (EXCEPTIONS_MAX_RECORDS); more were not fetched"),
+    ],
+)
+def test_a_caller_that_stopped_at_max_records_gets_the_cut_note(
+    tmp_path: Path, expected_total: int | None, note: str
+) -> None:
+    # The archive stops paging at EXCEPTIONS_MAX_RECORDS rather than fetch the rest to count it.
+    with CsvArchiveWriter(tmp_path, 1, REDACTED, max_records=2) as writer:
+        writer.add({"n": 1})
+        writer.add({"n": 2})
+        archive = writer.finish(expected_total=expected_total, cut=True)
+    assert read_rows(archive)[-1] == [note]
+    assert archive.cut and (archive.records_written, archive.records_seen) == (2, 2)
+
+
 def test_an_archive_without_records_says_so(tmp_path: Path) -> None:
     archive = write(tmp_path, [])
     assert read_rows(archive) == [["# no exception records"]]

@@ -20,6 +20,7 @@ from bot.sandbox.mypreferences_simulator import (
     Simulator,
     Step,
     base_url,
+    expected_reasons,
     oauth_token_url,
     seed_demo_imports,
 )
@@ -387,12 +388,96 @@ def test_exceptions_are_paged_from_offset_one(sim: Simulator, http: httpx.Client
     assert (first["Count"], first["HasMore"], first["TotalResults"]) == (10, True, 25)
     assert (first["Limit"], first["Offset"]) == (10, 1)
     assert [r["RecordNumber"] for r in first["Records"]] == list(range(1, 11))
-    assert all(r["Reason"] for r in first["Records"])
+    assert all(r["ErrorMessage"] and r["EmailAddress"] for r in first["Records"])
     last = http.get(exceptions_path(20), headers=AUTH, params={"limit": 10, "offset": 21}).json()
     assert (last["Count"], last["HasMore"]) == (5, False)
     assert [r["RecordNumber"] for r in last["Records"]] == [21, 22, 23, 24, 25]
     default = http.get(exceptions_path(20), headers=AUTH).json()
     assert (default["Limit"], default["Offset"], default["Count"]) == (1000, 1, 25)
+
+
+def test_generated_exceptions_look_like_failed_profiles_with_a_skewed_spread(
+    sim: Simulator, http: httpx.Client
+) -> None:
+    sim.add_import(24, status="Completed", exception_count=2500)
+    records: list[dict[str, object]] = []
+    for offset in (1, 1001, 2001):
+        body = http.get(exceptions_path(24), headers=AUTH, params={"offset": offset}).json()
+        records += body["Records"]
+    assert len(records) == 2500 and records[0]["RecordNumber"] == 1
+    assert set(records[0]) == {
+        "RecordNumber",
+        "ProfileId",
+        "EmailAddress",
+        "Phone",
+        "FirstName",
+        "LastName",
+        "ErrorCode",
+        "ErrorMessage",
+    }
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[str(record["ErrorMessage"])] = counts.get(str(record["ErrorMessage"]), 0) + 1
+    assert counts == expected_reasons(2500)
+    assert counts["Invalid email address"] == 1000  # 40 %, the top reason
+    assert sorted(counts.values(), reverse=True)[:3] == [1000, 625, 375]
+
+
+def test_exceptions_offset_can_be_a_page_number(http: httpx.Client) -> None:
+    sim = Simulator(client_id="ACME", exceptions_offset="page")
+    sim.add_import(25, exception_count=25)
+    with ServerThread(sim.app) as server, httpx.Client(base_url=server.url) as client:
+        second = client.get(exceptions_path(25), headers=AUTH, params={"limit": 10, "offset": 2})
+    body = second.json()
+    assert [r["RecordNumber"] for r in body["Records"]] == list(range(11, 21))
+    assert (body["Offset"], body["HasMore"]) == (2, True)
+    with pytest.raises(ValueError):
+        Simulator(exceptions_offset="bytes")
+
+
+def test_exceptions_quirks_ignore_offset_and_lie_about_has_more(
+    sim: Simulator, http: httpx.Client
+) -> None:
+    sim.add_import(26, exception_count=5, exceptions_quirks=["ignore_offset", "always_has_more"])
+    body = http.get(exceptions_path(26), headers=AUTH, params={"limit": 2, "offset": 3}).json()
+    assert [r["RecordNumber"] for r in body["Records"]] == [1, 2]
+    assert body["HasMore"] is True
+    with pytest.raises(ValueError):
+        sim.add_import(27, exceptions_quirks=["sometimes"])
+
+
+def test_a_fault_can_wait_for_the_nth_exceptions_page(sim: Simulator, http: httpx.Client) -> None:
+    sim.add_import(28, status="Processing", exception_count=30)
+    sim.inject_fault(503, endpoint="exceptions", after=2)
+    codes = [
+        http.get(exceptions_path(28), headers=AUTH, params={"limit": 10, "offset": o}).status_code
+        for o in (1, 11)
+    ]
+    assert http.get(status_path(28), headers=AUTH).status_code == 200  # not the status
+    codes.append(http.get(exceptions_path(28), headers=AUTH, params={"offset": 21}).status_code)
+    codes.append(http.get(exceptions_path(28), headers=AUTH, params={"offset": 21}).status_code)
+    assert codes == [200, 200, 503, 200]
+    with pytest.raises(ValueError):
+        sim.inject_fault(503, endpoint="other")
+    with pytest.raises(ValueError):
+        sim.inject_fault(503, after=-1)
+
+
+def test_exceptions_end_with_the_token(sim: Simulator, http: httpx.Client) -> None:
+    sim.add_import(29, exception_count=10, expires=datetime.now(UTC) - timedelta(seconds=1))
+    assert http.get(exceptions_path(29), headers=AUTH).status_code == 401
+
+
+def test_a_large_exception_count_comes_through_the_control_endpoint(
+    sim: Simulator, http: httpx.Client
+) -> None:
+    created = http.post("_sim/imports", json={"AccessToken": 30, "exception_count": 1_000_000})
+    assert created.status_code == 201
+    body = http.get(exceptions_path(30), headers=AUTH, params={"offset": 999_001}).json()
+    assert (body["Count"], body["TotalResults"], body["HasMore"]) == (1000, 1_000_000, False)
+    assert body["Records"][-1]["RecordNumber"] == 1_000_000
+    refused = http.post("_sim/imports", json={"AccessToken": 31, "exception_count": -1})
+    assert refused.status_code == 400
 
 
 def test_given_exception_records_are_served(sim: Simulator, http: httpx.Client) -> None:

@@ -17,6 +17,7 @@ from bot.domain.events import Event, EventKind
 from bot.domain.status import ImportStatus, Status
 from bot.mypreferences.errors import TokenRejected, Unavailable
 from bot.slack.render import (
+    ACTION_EXCEPTIONS,
     ACTION_REFRESH,
     ACTION_UNWATCH,
     ACTION_WATCH,
@@ -53,7 +54,10 @@ HOSTILE_NAME = "<!channel> <@U999> <https://evil.example|click me> *bold* _it_ ~
 
 # --- The structural validator ---------------------------------------------------
 
-KNOWN_ACTIONS = {ACTION_WATCH, ACTION_REFRESH, ACTION_UNWATCH}
+KNOWN_ACTIONS = {ACTION_WATCH, ACTION_REFRESH, ACTION_UNWATCH, ACTION_EXCEPTIONS}
+# make_status has 1,000 failed validation, 150 exceptions and 50 not honoured: the
+# Exceptions button is on every message about it.
+EXC = {ACTION_EXCEPTIONS: "4242"}
 # The only <…> tokens the bot writes itself: user mentions and Slack dates.
 ALLOWED_TOKEN = re.compile(r"<(@[UWB][A-Z0-9]+|!date\^\d+\^[^|<>]*\|[^<>]*)>")
 # Outside text is always escaped, so every & starts one of Slack's three entities.
@@ -466,18 +470,29 @@ def test_long_name_is_truncated_but_token_stays_visible() -> None:
 def test_lookup_buttons_offer_watch_and_refresh_when_not_watching() -> None:
     for watching in (None, False):
         message = assert_valid_message(status_message(make_status(), NOW, watching=watching))
-        assert buttons(message) == {ACTION_WATCH: "4242", ACTION_REFRESH: "4242"}
+        assert buttons(message) == {ACTION_WATCH: "4242", ACTION_REFRESH: "4242", **EXC}
 
 
 def test_lookup_buttons_offer_stop_watching_when_watching() -> None:
     message = assert_valid_message(status_message(make_status(), NOW, watching=True))
-    assert buttons(message) == {ACTION_REFRESH: "4242", ACTION_UNWATCH: "4242"}
+    assert buttons(message) == {ACTION_REFRESH: "4242", ACTION_UNWATCH: "4242", **EXC}
 
 
 @pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED])
 def test_finished_import_cannot_be_watched(status: Status) -> None:
     message = assert_valid_message(status_message(make_status(status), NOW))
-    assert buttons(message) == {ACTION_REFRESH: "4242"}
+    assert buttons(message) == {ACTION_REFRESH: "4242", **EXC}
+
+
+def test_the_exceptions_button_is_there_only_when_records_failed() -> None:
+    clean = make_status(Status.COMPLETED, validation_failed=0, exceptions=0, not_honored=0)
+    assert ACTION_EXCEPTIONS not in buttons(status_message(clean, NOW))
+    assert ACTION_EXCEPTIONS not in buttons(card(clean))
+    unknown = make_status(validation_failed=None, exceptions=None, not_honored=None)
+    assert ACTION_EXCEPTIONS not in buttons(status_message(unknown, NOW))
+    one = make_status(Status.COMPLETED, validation_failed=0, exceptions=0, not_honored=1)
+    assert buttons(status_message(one, NOW))[ACTION_EXCEPTIONS] == "4242"
+    assert buttons(card(one))[ACTION_EXCEPTIONS] == "4242"
 
 
 def test_button_labels() -> None:
@@ -488,7 +503,7 @@ def test_button_labels() -> None:
         if block["type"] == "actions"
         for element in block["elements"]
     ]
-    assert labels == ["Watch in this channel", "Refresh"]
+    assert labels == ["Watch in this channel", "Refresh", "Exceptions"]
     watched = status_message(make_status(), NOW, watching=True)
     assert "Stop watching" in all_text(watched)
 
@@ -510,7 +525,7 @@ def test_tracking_card_shows_status_and_who_watches() -> None:
     since = slack_date(NOW - timedelta(hours=1))
     assert f"Watched by <@{SUBSCRIBER}> since {since}" in shown
     assert "Last checked" not in shown
-    assert buttons(message) == {ACTION_REFRESH: "4242", ACTION_UNWATCH: "4242"}
+    assert buttons(message) == {ACTION_REFRESH: "4242", ACTION_UNWATCH: "4242", **EXC}
 
 
 def test_tracking_card_does_not_change_between_polls() -> None:
@@ -535,7 +550,14 @@ def test_tracking_card_before_the_first_status() -> None:
 def test_ended_tracking_card_says_why_and_keeps_only_refresh() -> None:
     message = card(make_status(Status.COMPLETED), ended_reason="unwatched by <@U2222>")
     assert "No longer watching: unwatched by <@U2222>" in block_texts(message)
-    assert buttons(message) == {ACTION_REFRESH: "4242"}
+    assert buttons(message) == {ACTION_REFRESH: "4242", **EXC}
+
+
+def test_a_card_can_say_what_became_of_the_exceptions() -> None:
+    line = ":clipboard: Exceptions: 2,500 records · file in thread"
+    message = card(make_status(Status.COMPLETED), ended_reason="Completed", exceptions_line=line)
+    assert line in block_texts(message)
+    assert line not in block_texts(card(make_status(Status.COMPLETED), ended_reason="Completed"))
     waiting = card(None, ended_reason="token expired")
     assert "No longer watching: token expired" in block_texts(waiting)
     assert buttons(waiting) == {ACTION_REFRESH: "4242"}
@@ -738,7 +760,7 @@ def test_usage_starts_with_the_escaped_problem() -> None:
 
 def test_usage_line_constant() -> None:
     assert USAGE_LINE == (
-        "Usage: /import-status [watch|unwatch] TOKEN | list | history [N] | settings "
+        "Usage: /import-status [watch|unwatch|exceptions] TOKEN | list | history [N] | settings "
         "| set KEY VALUE | help"
     )
 

@@ -24,7 +24,7 @@ from bot.config import Settings
 log = logging.getLogger(__name__)
 
 # The verbs that ask the API about a token: these count against the lookup limit.
-LOOKUP_VERBS = frozenset({"lookup", "watch"})
+LOOKUP_VERBS = frozenset({"lookup", "watch", "exceptions"})
 
 
 class AccessControl:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
@@ -25,6 +25,9 @@ from bot.service import CardOutcome, ImportService, WatchOutcome, WatchResult
 from bot.slack import render
 from bot.slack.listeners.access import AccessControl
 
+if TYPE_CHECKING:
+    from bot.slack.listeners.exceptions import ExceptionsRequests
+
 log = logging.getLogger(__name__)
 
 COMMAND = "/import-status"
@@ -35,7 +38,8 @@ QUICK_ANSWER_SECONDS = 1.5
 
 @dataclass(frozen=True)
 class Command:
-    verb: str  # lookup | watch | unwatch | list | help | history | settings | set | invalid
+    verb: str  # lookup | watch | unwatch | exceptions | list | help | history | settings | set
+    # | invalid
     access_token: int | None = None
     problem: str | None = None
     count: int | None = None  # history: how many
@@ -52,6 +56,7 @@ _VERBS = {
     "history": "history",
     "settings": "settings",
     "set": "set",
+    "exceptions": "exceptions",
 }
 #: The verbs the channel's attention handler answers (listeners/attention.py).
 ATTENTION_VERBS = frozenset({"history", "settings", "set"})
@@ -73,7 +78,7 @@ def parse_command(text: str | None) -> Command:
         if len(words) > 1:
             return Command("invalid", problem=f"`{first}` takes no arguments.")
         return Command(verb)
-    if verb in ("watch", "unwatch"):
+    if verb in ("watch", "unwatch", "exceptions"):
         if len(words) != 2:
             return Command("invalid", problem=f"`{first}` needs exactly one access token.")
         return _with_token(verb, words[1])
@@ -86,6 +91,14 @@ def parse_command(text: str | None) -> Command:
     if len(words) == 1:
         return _with_token("lookup", words[0])
     return Command("invalid", problem="I did not understand that.")
+
+
+def pending_exceptions_text(access_token: int) -> str:
+    """The acknowledgement while an import's exceptions are fetched."""
+    return (
+        f"Fetching the exceptions of import {access_token}… I will answer here, "
+        "and send the file to your direct messages."
+    )
 
 
 def _history(args: list[str]) -> Command:
@@ -170,10 +183,13 @@ class CommandHandler:
         service: ImportService,
         access: AccessControl,
         attention: AttentionVerbs | None = None,
+        exceptions: ExceptionsRequests | None = None,
     ) -> None:
         self.service = service
         self.access = access
         self.attention = attention
+        #: ``exceptions TOKEN`` (None: not available in this process)
+        self.exceptions = exceptions
 
     def register(self, app: AsyncApp) -> None:
         app.command(COMMAND)(self.handle)
@@ -218,6 +234,7 @@ class CommandHandler:
             "lookup": (self.lookup, f"Looking up import {token}…"),
             "watch": (self.watch, f"Checking import {token} before watching it…"),
             "unwatch": (self.unwatch, f"Stopping the watch of import {token}…"),
+            "exceptions": (self._exceptions, pending_exceptions_text(token)),
         }[parsed.verb]
         work = guarded(token, lambda: action(team_id, channel_id, user_id, token))
         await answer(ack, respond, work, pending)
@@ -233,6 +250,18 @@ class CommandHandler:
             raise
         watching = await self.service.is_watched(team_id, channel_id, token)
         return render.status_message(status, utcnow(), watching=watching)
+
+    async def _exceptions(
+        self, team_id: str, channel_id: str, user_id: str, token: int
+    ) -> render.Message:
+        if self.exceptions is None:
+            return render.notice("Exceptions are not available here.")
+        try:
+            return await self.exceptions.answer(team_id, channel_id, user_id, token)
+        except ApiError:
+            # Like a lookup: guessing tokens with it costs what a failed lookup costs.
+            await self.access.record_failure(team_id, user_id)
+            raise
 
     async def watch(
         self, team_id: str, channel_id: str, user_id: str, token: int
