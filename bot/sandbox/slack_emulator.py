@@ -1177,17 +1177,24 @@ class SlackEmulator:
         return {"channel": {**channel.to_json(), "is_member": member, "is_archived": archived}}
 
     def _conversations_open(self, identity: _Identity, params: JSON) -> JSON:
-        """A direct message with one user (the bot is in it, being one end of it)."""
+        """A direct message with one user; the bot is in it, being one end of it.
+
+        Also when the conversation is known already (the person typed a command in it
+        before the bot opened it): a DM always has its two ends as members, so what the
+        bot posts or uploads there passes the membership check, as in Slack.
+        """
         _required(params, "users")
-        users = [u for u in str(params["users"]).split(",") if u]
+        users = [u.strip() for u in str(params["users"]).split(",") if u.strip()]
         if len(users) != 1:
             raise _ApiError("not_enough_users" if not users else "too_many_users")
-        channel_id = f"D{users[0].lstrip('UW')}"
+        user = users[0]
+        channel_id = f"D{user.lstrip('UW')}"
         channel = self._channels.get(channel_id)
         if channel is None:
-            channel = Channel(channel_id, "im", channel_id.lower(), {users[0], identity.user_id})
+            channel = Channel(channel_id, "im", channel_id.lower())
             self._channels[channel_id] = channel
-        return {"channel": {"id": channel_id}}
+        channel.members.update({user, identity.user_id})
+        return {"channel": {"id": channel_id, "is_im": True, "user": user}}
 
     # ----------------------------------------------------------------- response_url core
 

@@ -1,7 +1,8 @@
-"""The Slack emulator's files and direct messages: the upload v2 flow and conversations.open.
+"""The Slack emulator's files: the upload v2 flow.
 
 A separate section of ``SlackEmulator`` (``emulator.files``), for the exceptions
-archive. It plays what slack-sdk's ``files_upload_v2`` talks to:
+archive. It plays what slack-sdk's ``files_upload_v2`` (and the bot's own streaming
+upload, ``bot.slack.uploads.upload_file``) talks to:
 
 1. ``files.getUploadURLExternal`` (``filename``, ``length``): a fresh ``file_id`` and an
    ``upload_url`` on this server;
@@ -10,12 +11,12 @@ archive. It plays what slack-sdk's ``files_upload_v2`` talks to:
    ``thread_ts``, ``initial_comment``): shares the files; only now does the channel show
    anything: a message (the comment) carrying the file, in the thread when asked.
 
-and ``conversations.open`` (``users``): the direct message channel of the bot and that
-user (``D`` + the user id without its ``U``).
-
-Scopes are enforced as Slack does: files need ``files:write``, opening a DM needs
-``im:write``; ``granted_scopes`` says what the app was installed with (by default
-what manifest.yml asks for), and a method without its scope answers ``missing_scope``.
+Everything else is the emulator's, as for any other method: the scopes (files need
+``files:write``: ``slack_rules.METHOD_SCOPES``, granted from manifest.yml, changed
+with ``emulator.set_scopes``), the rate limits, and the membership check on the
+channel a file is shared into. ``conversations.open`` (the person's direct message
+with the bot, for on-demand exceptions) is the emulator's too; it makes the bot a
+member of the DM, as Slack does.
 
 For crash tests, ``hold(point, seconds)`` makes the server wait at one point of the
 flow and counts arrivals there (``reached``): ``getUploadURL:before``, ``upload:before``
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
     from bot.sandbox.slack_emulator import SlackEmulator, _Identity
 
 JSON = dict[str, Any]
-#: What manifest.yml asks for; an app installed with less answers missing_scope.
-DEFAULT_SCOPES = frozenset({"commands", "chat:write", "files:write", "im:write"})
 HOLD_POINTS = ("getUploadURL:before", "upload:before", "complete:before", "complete:after")
 _METHOD_POINTS = {
     "files.getUploadURLExternal": "getUploadURL",
@@ -95,17 +94,14 @@ class SlackFiles:
 
     def __init__(self, emulator: SlackEmulator) -> None:
         self.emulator = emulator
-        self.granted_scopes: set[str] = set(DEFAULT_SCOPES)
         self._holds: dict[str, float] = {}
         self.reached: Counter[str] = Counter()
         self._pending: dict[str, _Pending] = {}
         self._shared: list[UploadedFile] = []
-        self.dms_opened: list[str] = []
         emulator._methods.update(
             {
                 "files.getUploadURLExternal": self._get_upload_url,
                 "files.completeUploadExternal": self._complete_upload,
-                "conversations.open": self._conversations_open,
             }
         )
         routes = emulator.app.router.routes
@@ -119,10 +115,8 @@ class SlackFiles:
         with self.emulator._lock:
             self._pending.clear()
             self._shared.clear()
-            self.dms_opened.clear()
             self._holds.clear()
             self.reached.clear()
-            self.granted_scopes = set(DEFAULT_SCOPES)
 
     def hold(self, point: str, seconds: float) -> None:
         """Make the server wait ``seconds`` at ``point`` (one of HOLD_POINTS); 0 clears."""
@@ -183,20 +177,11 @@ class SlackFiles:
         return PlainTextResponse(f"OK - {len(data)}")
 
     # ------------------------------------------------------------------ Web API methods
-    # Called by the emulator with its lock held.
-
-    def _need(self, scope: str) -> None:
-        from bot.sandbox.slack_emulator import _ApiError
-
-        if scope not in self.granted_scopes:
-            raise _ApiError(
-                "missing_scope", needed=scope, provided=",".join(sorted(self.granted_scopes))
-            )
+    # Called by the emulator with its lock held, once the scopes and rate limits passed.
 
     def _get_upload_url(self, identity: _Identity, params: JSON) -> JSON:
         from bot.sandbox.slack_emulator import _ApiError, _required
 
-        self._need("files:write")
         _required(params, "filename", "length")
         try:
             length = int(params["length"])
@@ -209,7 +194,6 @@ class SlackFiles:
     def _complete_upload(self, identity: _Identity, params: JSON) -> JSON:
         from bot.sandbox.slack_emulator import _ApiError, _required
 
-        self._need("files:write")
         _required(params, "files")
         raw = params["files"]
         try:
@@ -257,16 +241,3 @@ class SlackFiles:
                 )
             )
         return {"files": answer}
-
-    def _conversations_open(self, identity: _Identity, params: JSON) -> JSON:
-        from bot.sandbox.slack_emulator import _ApiError, _required
-
-        self._need("im:write")
-        _required(params, "users")
-        users = [u.strip() for u in str(params["users"]).split(",") if u.strip()]
-        if len(users) != 1:
-            raise _ApiError("not_implemented" if users else "users_list_not_supplied")
-        user = users[0]
-        channel = "D" + (user[1:] if user[:1] in ("U", "W") else user)
-        self.dms_opened.append(user)
-        return {"channel": {"id": channel, "is_im": True, "user": user}}

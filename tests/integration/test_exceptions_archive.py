@@ -344,11 +344,13 @@ def test_none_posts_the_summary_alone(summary_only: Bot, place: Place) -> None:
 def test_an_app_installed_without_files_write_still_gets_the_summary_and_the_fix(
     redacted: Bot, place: Place
 ) -> None:
-    files = redacted.harness.emulator.files
+    emulator = redacted.harness.emulator
+    installed = emulator.scopes
+    assert installed is not None and "files:write" in installed
     running(redacted, place.token)
     with user_of(redacted, place) as user:
         card = watch(redacted, user, place.token)
-        files.granted_scopes.discard("files:write")
+        emulator.set_scopes(installed - {"files:write"})
         try:
             finish(redacted, place.token, 30)
             said = wait_for(
@@ -357,7 +359,7 @@ def test_an_app_installed_without_files_write_still_gets_the_summary_and_the_fix
                 description="the summary with the fix",
             )
         finally:
-            files.granted_scopes.add("files:write")
+            emulator.set_scopes(installed)
     text = message_text(said[0])
     assert "30 records" in text and "Reinstall it from the current manifest.yml" in text
     assert thread_files(redacted, card) == []

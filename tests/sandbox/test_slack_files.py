@@ -1,4 +1,8 @@
-"""The emulator's files section: slack-sdk's files_upload_v2 and conversations.open against it."""
+"""The emulator's files section: slack-sdk's files_upload_v2 and conversations.open against it.
+
+The emulator is as strict here as for messages: the bot shares files only where it was
+invited, and each method needs its scope from manifest.yml.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ async def test_files_upload_v2_shares_a_file_into_a_thread_with_its_comment(
     emulator: SlackEmulator, tmp_path: Path
 ) -> None:
     slack = client(emulator)
+    emulator.invite_bot("C1")
     card = await slack.chat_postMessage(channel="C1", text="the card")
     path = tmp_path / "import-7-exceptions.csv"
     path.write_bytes("\ufeffReason\r\nInvalid email\r\n".encode())
@@ -65,6 +70,7 @@ async def test_files_upload_v2_shares_a_file_into_a_thread_with_its_comment(
 
 
 async def test_a_gzipped_file_reads_back_as_text(emulator: SlackEmulator) -> None:
+    emulator.invite_bot("C2")
     await client(emulator).files_upload_v2(
         channel="C2", content=gzip.compress(b"a,b\r\n1,2\r\n"), filename="x.csv.gz"
     )
@@ -74,6 +80,7 @@ async def test_a_gzipped_file_reads_back_as_text(emulator: SlackEmulator) -> Non
 
 async def test_an_upload_never_completed_shows_nothing(emulator: SlackEmulator) -> None:
     slack = client(emulator)
+    emulator.invite_bot("C3")
     started = await slack.files_getUploadURLExternal(filename="x.csv", length=3)
     assert started["upload_url"].endswith(started["file_id"])
     assert emulator.files.shared() == [] and emulator.messages("C3") == []
@@ -86,7 +93,9 @@ async def test_an_upload_never_completed_shows_nothing(emulator: SlackEmulator) 
 
 async def test_files_and_direct_messages_need_their_scopes(emulator: SlackEmulator) -> None:
     slack = client(emulator)
-    emulator.files.granted_scopes -= {"files:write", "im:write"}
+    emulator.invite_bot("C4")
+    assert emulator.scopes is not None and {"files:write", "im:write"} <= emulator.scopes
+    emulator.set_scopes(emulator.scopes - {"files:write", "im:write"})
     with pytest.raises(SlackApiError) as caught:
         await slack.files_upload_v2(channel="C4", content=b"x", filename="x.csv")
     assert caught.value.response["error"] == "missing_scope"
@@ -94,19 +103,27 @@ async def test_files_and_direct_messages_need_their_scopes(emulator: SlackEmulat
     with pytest.raises(SlackApiError) as opened:
         await slack.conversations_open(users="U0042")
     assert opened.value.response["error"] == "missing_scope"
+    assert opened.value.response["needed"] == "im:write"
     assert emulator.files.shared() == []
 
 
 async def test_conversations_open_gives_the_users_direct_message(emulator: SlackEmulator) -> None:
     slack = client(emulator)
+    # The person wrote to the bot first: Slack knows the DM, and the bot is one end of it.
+    emulator.ensure_channel("D0042", member="U0042")
+    with pytest.raises(SlackApiError) as before:
+        await slack.files_upload_v2(channel="D0042", content=b"a\r\n", filename="x.csv")
+    assert before.value.response["error"] == "channel_not_found"  # not opened by the bot yet
     opened = await slack.conversations_open(users="U0042")
     assert opened["channel"]["id"] == "D0042"
     await slack.files_upload_v2(channel="D0042", content=b"a\r\n", filename="x.csv")
     assert [f.channel for f in emulator.files.shared()] == ["D0042"]
-    assert emulator.files.dms_opened == ["U0042"]
+    dm = emulator.channel("D0042")
+    assert dm is not None and dm.members == {"U0042", emulator.bot_user_id}
 
 
 async def test_a_lost_channel_refuses_the_share(emulator: SlackEmulator) -> None:
+    emulator.invite_bot("C5")
     emulator.set_channel_state("C5", "channel_not_found")
     with pytest.raises(SlackApiError) as caught:
         await client(emulator).files_upload_v2(channel="C5", content=b"x", filename="x.csv")
@@ -116,6 +133,7 @@ async def test_a_lost_channel_refuses_the_share(emulator: SlackEmulator) -> None
 
 
 async def test_a_hold_point_counts_arrivals_and_waits(emulator: SlackEmulator) -> None:
+    emulator.invite_bot("C6")
     emulator.files.hold("complete:after", 0.3)
     upload = asyncio.ensure_future(
         client(emulator).files_upload_v2(channel="C6", content=b"x", filename="x.csv")
@@ -127,3 +145,16 @@ async def test_a_hold_point_counts_arrivals_and_waits(emulator: SlackEmulator) -
     await upload
     with pytest.raises(ValueError):
         emulator.files.hold("nowhere", 1)
+
+
+async def test_a_channel_the_bot_was_not_invited_to_refuses_the_share(
+    emulator: SlackEmulator,
+) -> None:
+    slack = client(emulator)
+    emulator.ensure_channel("C7")  # public, the bot not in it
+    emulator.ensure_channel("G7")  # private: the bot cannot even see it
+    for channel, error in (("C7", "not_in_channel"), ("G7", "channel_not_found")):
+        with pytest.raises(SlackApiError) as caught:
+            await slack.files_upload_v2(channel=channel, content=b"x", filename="x.csv")
+        assert caught.value.response["error"] == error
+    assert emulator.files.shared() == []
