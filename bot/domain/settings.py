@@ -20,6 +20,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import available_timezones
 
+from bot.domain.exceptions import ExceptionsFile
+
 KEYS = ("broadcast", "milestones", "mention", "alerts", "compact", "digest", "exceptions")
 #: What ``set KEY VALUE`` accepts for each key, as the usage line and errors show it.
 ALLOWED: dict[str, str] = {
@@ -68,12 +70,6 @@ class Broadcast(StrEnum):
     FINISH = "finish"  # Completed, Failed, the expiry warning and expiry (the default)
     FAILURES = "failures"  # Failed, expiry, and Completed with failures above 0
     NONE = "none"  # thread only
-
-
-class ExceptionsMode(StrEnum):
-    REDACTED = "redacted"
-    FULL = "full"
-    NONE = "none"
 
 
 class MentionKind(StrEnum):
@@ -134,7 +130,7 @@ class ChannelSettings:
     alerts: str | None = None  # a channel id
     compact: bool = False
     digest: Digest | None = None
-    exceptions: ExceptionsMode | None = None  # None: EXCEPTIONS_FILE decides
+    exceptions: ExceptionsFile | None = None  # None: EXCEPTIONS_FILE decides
 
     def value_text(self, key: str) -> str:
         """The value of ``key`` as ``set`` would accept it (``parse_setting`` reads it back)."""
@@ -229,12 +225,12 @@ def _parse_switch(value: str) -> bool:
     return word == "on"
 
 
-def _parse_exceptions(value: str) -> ExceptionsMode | None:
+def _parse_exceptions(value: str) -> ExceptionsFile | None:
     word = value.lower()
     if word == "default":
         return None
     try:
-        return ExceptionsMode(word)
+        return ExceptionsFile(word)
     except ValueError:
         raise InvalidSetting("that is not an archive mode.") from None
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bot.domain.exceptions import ExceptionsFile
 from bot.domain.settings import (
     ALLOWED,
     KEYS,
     MEANING,
     Broadcast,
     ChannelSettings,
-    ExceptionsMode,
     MentionKind,
 )
 from bot.slack.render import Message, _context, _message, _section, escape
@@ -49,9 +49,9 @@ _MENTION_LABELS = {
 }
 _EXCEPTIONS_LABELS = {
     "default": "As the bot's EXCEPTIONS_FILE says",
-    ExceptionsMode.REDACTED.value: "Redacted (personal data masked)",
-    ExceptionsMode.FULL.value: "Full records",
-    ExceptionsMode.NONE.value: "Summary only, no file",
+    ExceptionsFile.REDACTED.value: "Redacted (personal data masked)",
+    ExceptionsFile.FULL.value: "Full records",
+    ExceptionsFile.NONE.value: "Summary only, no file",
 }
 _SWITCH_LABELS = {"on": "On", "off": "Off"}
 

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.domain.exceptions import ExceptionsFile
 from bot.domain.settings import (
     DEFAULTS,
     KEYS,
     Broadcast,
     ChannelSettings,
     Digest,
-    ExceptionsMode,
     InvalidSetting,
     Mention,
     MentionKind,
@@ -71,9 +71,9 @@ def test_defaults_are_the_bots_behaviour_before_settings() -> None:
         ("digest", "7:05  america/new_york", Digest(time(7, 5), "America/New_York")),
         ("digest", "23:59 UTC", Digest(time(23, 59), "UTC")),
         ("digest", "OFF", None),
-        ("exceptions", "redacted", ExceptionsMode.REDACTED),
-        ("exceptions", "full", ExceptionsMode.FULL),
-        ("exceptions", "none", ExceptionsMode.NONE),
+        ("exceptions", "redacted", ExceptionsFile.REDACTED),
+        ("exceptions", "full", ExceptionsFile.FULL),
+        ("exceptions", "none", ExceptionsFile.NONE),
         ("exceptions", "default", None),
     ],
 )
