@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "status":
             return _status(args.token)
         if command == "exceptions":
-            return _exceptions(args.token, args.out, redacted=args.redacted)
+            return _exceptions(args.token, args.out, full=args.full)
         if command == "demo":
             from bot.sandbox.demo import run_demo
 
@@ -79,10 +79,10 @@ def _parser() -> argparse.ArgumentParser:
         "a name ending in .gz is gzipped); an existing file is not overwritten",
     )
     exceptions.add_argument(
-        "--redacted",
+        "--full",
         action="store_true",
-        help="mask personal data in the file and the summary (default: as MyPreferences "
-        "sent it: this is your own machine, not Slack)",
+        help="write the records as MyPreferences sent them, personal data included "
+        "(default: masked, unless EXCEPTIONS_FILE is full)",
     )
     demo = commands.add_parser("demo", help="the whole system on this machine, no accounts needed")
     demo.add_argument("--fast", action="store_true", help="shorter story (used by the tests)")
@@ -146,7 +146,14 @@ def _status(raw_token: str) -> int:
     return asyncio.run(lookup())
 
 
-def _exceptions(raw_token: str, out: str | None, *, redacted: bool) -> int:
+def _exceptions(raw_token: str, out: str | None, *, full: bool) -> int:
+    """``exceptions TOKEN``: the CSV on this machine, under the personal-data rule.
+
+    Masked by default, as EXCEPTIONS_FILE says (``redacted`` unless the operator set
+    ``full``); ``--full`` writes the records unmasked on purpose. ``none`` keeps files
+    out of Slack, but a file is this command's whole point: it writes a redacted one
+    and says so.
+    """
     from dataclasses import replace
     from pathlib import Path
 
@@ -173,7 +180,13 @@ def _exceptions(raw_token: str, out: str | None, *, redacted: bool) -> int:
         print(f"import-status-bot: no such directory: {target.parent}", file=sys.stderr)
         return ExitCode.USAGE
     settings = _settings({Need.API})
-    mode = ExceptionsFile.REDACTED if redacted else ExceptionsFile.FULL
+    configured = settings.exceptions_file
+    if full:
+        mode, why = ExceptionsFile.FULL, "--full"
+    elif configured is ExceptionsFile.FULL:
+        mode, why = ExceptionsFile.FULL, "EXCEPTIONS_FILE=full"
+    else:
+        mode, why = ExceptionsFile.REDACTED, "--full writes them as MyPreferences sent them"
     options = replace(
         ArchiveOptions.from_settings(
             settings, RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
@@ -230,7 +243,12 @@ def _exceptions(raw_token: str, out: str | None, *, redacted: bool) -> int:
                 return ExitCode.USAGE
             moved = archive.move_to(target)
             masked = "personal data masked" if mode.masks else "personal data as sent"
-            print(f"Wrote {moved.records_written:,} records to {target} ({masked}).")
+            print(f"Wrote {moved.records_written:,} records to {target} ({masked}; {why}).")
+            if configured is ExceptionsFile.NONE and not full:
+                print(
+                    "EXCEPTIONS_FILE is none, which keeps files out of Slack; "
+                    "this command writes one anyway, redacted."
+                )
             return ExitCode.OK
         finally:
             result.discard()

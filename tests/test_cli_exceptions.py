@@ -89,7 +89,7 @@ def finished(sim: Simulator, token: int, exceptions: int) -> None:
     )
 
 
-def test_the_csv_is_written_in_full_and_the_summary_printed(
+def test_the_csv_is_written_masked_by_default_and_the_summary_printed(
     sim: Simulator, sim_url: str, tmp_path: Path
 ) -> None:
     finished(sim, 7001, 2500)
@@ -98,21 +98,63 @@ def test_the_csv_is_written_in_full_and_the_summary_printed(
     written = tmp_path / "import-7001-exceptions.csv"
     table = rows(written)
     assert len(table) == 2501 and table[0][:3] == ["RecordNumber", "ProfileId", "EmailAddress"]
-    assert table[1][2] == generated_exception(1)["EmailAddress"]  # as MyPreferences sent it
+    email = generated_exception(1)["EmailAddress"]
+    assert table[1][2] != email and table[1][2].endswith("@example.com") and "***" in table[1][2]
+    assert email not in written.read_text(encoding="utf-8-sig")
     top = max(expected_reasons(2500).items(), key=lambda item: item[1])
     assert top == ("Invalid email address", 1000)
     assert "Exceptions of Spring list  (import 7001): 2,500 records" in done.stdout
     assert "1,000   40%  Invalid email address" in done.stdout
-    assert f"Wrote 2,500 records to {written} (personal data as sent)." in done.stdout
+    assert (
+        f"Wrote 2,500 records to {written} (personal data masked; "
+        "--full writes them as MyPreferences sent them)." in done.stdout
+    )
+    assert email not in done.stdout
     assert [p.name for p in tmp_path.iterdir()] == [written.name]  # no spool left behind
 
 
-def test_redacted_masks_the_file_and_the_summary_and_gz_compresses(
+@pytest.mark.parametrize(
+    ("setting", "flags", "words"),
+    [
+        (None, ["--full"], "(personal data as sent; --full)."),
+        ("full", [], "(personal data as sent; EXCEPTIONS_FILE=full)."),
+        ("redacted", ["--full"], "(personal data as sent; --full)."),
+    ],
+)
+def test_full_writes_the_records_as_sent_only_when_asked(
+    sim: Simulator,
+    sim_url: str,
+    tmp_path: Path,
+    setting: str | None,
+    flags: list[str],
+    words: str,
+) -> None:
+    finished(sim, 7007, 30)
+    env = {"EXCEPTIONS_FILE": setting} if setting else {}
+    done = run(sim_url, tmp_path, "7007", *flags, **env)
+    assert done.code == ExitCode.OK, done.stderr
+    table = rows(tmp_path / "import-7007-exceptions.csv")
+    assert table[1][2] == generated_exception(1)["EmailAddress"]  # as MyPreferences sent it
+    assert words in done.stdout
+
+
+def test_none_still_writes_a_redacted_file_and_says_so(
     sim: Simulator, sim_url: str, tmp_path: Path
 ) -> None:
+    finished(sim, 7008, 30)
+    done = run(sim_url, tmp_path, "7008", EXCEPTIONS_FILE="none")
+    assert done.code == ExitCode.OK, done.stderr
+    table = rows(tmp_path / "import-7008-exceptions.csv")
+    assert len(table) == 31 and "***" in table[1][2]
+    assert "(personal data masked;" in done.stdout
+    assert "EXCEPTIONS_FILE is none, which keeps files out of Slack" in done.stdout
+    assert "this command writes one anyway, redacted." in done.stdout
+
+
+def test_a_gz_name_compresses_the_masked_file(sim: Simulator, sim_url: str, tmp_path: Path) -> None:
     finished(sim, 7002, 30)
     out = tmp_path / "kept.csv.gz"
-    done = run(sim_url, tmp_path, "7002", "--out", str(out), "--redacted")
+    done = run(sim_url, tmp_path, "7002", "--out", str(out))
     assert done.code == ExitCode.OK, done.stderr
     table = rows(out)
     assert out.read_bytes()[:2] == b"\x1f\x8b"
