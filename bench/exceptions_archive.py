@@ -10,8 +10,11 @@ growth (peak RSS during the run minus RSS before it) is its own:
 - ``archive``: the real thing, ``fetch_exceptions`` (``ExceptionPager`` with its
   one-page lookahead, ``SummaryBuilder``, ``CsvArchiveWriter``), redacted, the pace
   opened wide so the API and the bot are what is measured;
-- ``archive+upload``: the same, then the file uploaded with ``files_upload_v2`` to the
-  Slack emulator (in a third process), as the archive posts it into a thread.
+- ``archive+upload (sdk)``: the same, then the file uploaded to the Slack emulator (in a
+  third process) with slack-sdk's ``files_upload_v2``, which reads the whole file into
+  memory: how the bot uploaded before (kept to compare, in the same run);
+- ``archive+upload``: the same with the bot's ``upload_file`` (the same three steps,
+  the bytes streamed from disk), as the archive posts it into a thread.
 
     .venv/bin/python -m bench.exceptions_archive                # N=200,000, D=0.05 s
     .venv/bin/python -m bench.exceptions_archive -n 1000000     # the size
@@ -83,7 +86,7 @@ async def run_baseline(api_url: str, count: int, page_size: int) -> dict[str, An
 
 
 async def run_archive(
-    api_url: str, count: int, page_size: int, slack_url: str | None
+    api_url: str, count: int, page_size: int, slack_url: str | None, sdk: bool = False
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="isb-bench-") as scratch:
         settings = Settings(
@@ -104,14 +107,23 @@ async def run_archive(
         if slack_url is not None:
             slack = AsyncWebClient(token="xoxb-emulator-token", base_url=slack_url)
             started = time.perf_counter()
-            await upload_file(
-                slack,
-                channel=CHANNEL,
-                thread_ts=None,
-                archive=archive,
-                title="bench",
-                comment="bench",
-            )
+            if sdk:
+                await slack.files_upload_v2(
+                    channel=CHANNEL,
+                    file=str(archive.path),
+                    filename=archive.filename,
+                    title="bench",
+                    initial_comment="bench",
+                )
+            else:
+                await upload_file(
+                    slack,
+                    channel=CHANNEL,
+                    thread_ts=None,
+                    archive=archive,
+                    title="bench",
+                    comment="bench",
+                )
             upload_seconds = time.perf_counter() - started
             await slack.session.close() if slack.session else None
         top = result.reports[ExceptionsFile.REDACTED].top_reasons[0]
@@ -139,8 +151,9 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "baseline":
         figures = asyncio.run(run_baseline(args.api_url, args.n, args.page_size))
     else:
-        slack = args.slack_url if args.child == "archive+upload" else None
-        figures = asyncio.run(run_archive(args.api_url, args.n, args.page_size, slack))
+        slack = args.slack_url if args.child.startswith("archive+upload") else None
+        sdk = args.child == "archive+upload (sdk)"
+        figures = asyncio.run(run_archive(args.api_url, args.n, args.page_size, slack, sdk))
     seconds = time.perf_counter() - started
     growth = memory_kib("VmHWM") - rss_before
     print(
@@ -157,6 +170,7 @@ def serve_emulator(port: int) -> None:
     from bot.sandbox.slack_emulator import SlackEmulator
 
     emulator = SlackEmulator()
+    emulator.invite_bot(CHANNEL)  # the bot shares files only where it was invited
     emulator.set_url(f"http://127.0.0.1:{port}/")
     uvicorn.run(emulator.app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -218,7 +232,7 @@ def main() -> None:
         created.raise_for_status()
         emulator = EmulatorProcess()
         try:
-            for scenario in ("baseline", "archive", "archive+upload"):
+            for scenario in ("baseline", "archive", "archive+upload (sdk)", "archive+upload"):
                 cpu_before = sim.cpu_seconds()
                 command = [
                     sys.executable,

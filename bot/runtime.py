@@ -70,7 +70,7 @@ class Runtime:
             self.store.archives,
             self.api,
             self.pace,
-            ThreadUploads(self.slack, settings),
+            ThreadUploads(self.slack, settings, self.delivery),
             self.owner,
         )
         self.digest = DigestJob(

@@ -12,7 +12,10 @@ most ``concurrency`` at a time per replica) and works on each in its own task:
    it runs out; the new holder starts the paging again (the files are local);
 3. each upload goes to the ``Publisher`` (Slack's side, ``bot.slack.uploads``) once
    its card is posted and its thread is up to date, and is marked sent as soon as
-   Slack accepts it.
+   Slack accepts it. The publisher has the subscription's delivery pass make it, so
+   it honours the channel's waits and the fates of Slack's errors like a reply; what
+   it answers (``Fate``) is counted here, and an upload that keeps failing is given
+   up after ``MAX_UPLOAD_ATTEMPTS`` (``MAX_RATE_LIMITED_UPLOADS`` for rate limits).
 
 Exactly once: an upload marked sent is never made again, and a crash before the
 mark repeats nothing Slack showed, except in the one window between Slack accepting
@@ -53,14 +56,24 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 6
 FIRST_BACKOFF_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 900.0
+# Failed tries of one upload before it is given up: errors after MAX_UPLOAD_ATTEMPTS;
+# rate limits (contention in a busy channel, each answered after Retry-After) after
+# MAX_RATE_LIMITED_UPLOADS, as for delivery's replies.
 MAX_UPLOAD_ATTEMPTS = 8
+MAX_RATE_LIMITED_UPLOADS = 100
+FIRST_UPLOAD_BACKOFF_SECONDS = 2.0
 # How long a fetched archive waits for a thread to be ready (its card posted, the
 # replies before it sent) before it is posted anyway, or kept for later.
 READY_WAIT_SECONDS = 30.0
 READY_POLL_SECONDS = 0.5
-# Slack "wait" answers up to this long are waited out while the file is at hand;
-# longer ones release the archive (it is fetched again when due).
+# Waits for a thread (Slack's Retry-After, a backoff, earlier replies) are waited out
+# while the file is at hand, up to this long in all; a longer one releases the archive
+# (it is fetched again when due).
 MAX_INLINE_WAIT_SECONDS = 30.0
+MIN_WAIT_SECONDS = 0.05
+# A thread that cannot take its archive this long after it was decided (its card never
+# posted, say) is given up: nothing waits for ever.
+MAX_THREAD_WAIT = timedelta(hours=24)
 # Per page: a few tries within a minute; the archive's own backoff comes on top.
 PAGE_RETRY = RetryPolicy(attempts=4, base_delay=1.0, max_delay=10.0, budget_seconds=60.0)
 TOKEN_GONE = "the token expired before the exceptions could be fetched"
@@ -79,9 +92,13 @@ class ArchivePost:
 
 
 class Fate(Enum):
+    """What became of one post (the ``Publisher`` says; the archiver acts on it)."""
+
     SENT = "sent"  # Slack accepted it: mark it sent
     DROP = "drop"  # it can never be posted (channel gone, refused for good)
-    RETRY = "retry"  # try again later
+    RETRY = "retry"  # it failed (Slack's trouble, the network): counted, tried again with backoff
+    WAIT = "wait"  # Slack said wait (rate limit): counted (a larger limit), tried after the wait
+    LATER = "later"  # not tried: the thread cannot take it yet; not a failure
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,7 @@ class Published:
     file_id: str | None = None
     ts: str | None = None
     error: str | None = None
-    #: for RETRY: Slack's Retry-After, when it gave one
+    #: for WAIT and LATER (and RETRY, if given): seconds before it is tried again
     wait_seconds: float | None = None
 
 
@@ -353,9 +370,8 @@ class Archiver:
     ) -> None:
         later: float | None = None
         for target in await self._ready(archive, targets):
-            if target.tracking_ts is None:
-                later = later or READY_WAIT_SECONDS  # no card yet: the thread is not there
-                continue
+            # A thread not ready yet (no card, replies before it unsent) is brought up to
+            # date by the post's own delivery pass, or the publisher says LATER.
             post = ArchivePost(archive, target, self.mode_of(target), result, error)
             wait = await self._post_one(post)
             if wait is not None:
@@ -387,9 +403,16 @@ class Archiver:
             await self.sleep(READY_POLL_SECONDS)
 
     async def _post_one(self, post: ArchivePost) -> float | None:
-        """Post into one thread; None when settled, else seconds until it should be tried again."""
+        """Post into one thread; None when settled, else seconds until it should be tried again.
+
+        Failures are counted (``attempts``) and given up after their limit, so nothing
+        is tried for ever; waits of up to ``MAX_INLINE_WAIT_SECONDS`` in all are waited
+        out here, with the file at hand.
+        """
         target = post.target
-        for _ in range(3):
+        attempts = target.attempts
+        waited = 0.0
+        while True:
             published = await self.publisher.publish(post)
             if published.fate is Fate.SENT:
                 await asyncio.to_thread(
@@ -401,7 +424,24 @@ class Archiver:
                     now=self.clock(),
                 )
                 return None
-            if published.fate is Fate.DROP or target.attempts + 1 >= MAX_UPLOAD_ATTEMPTS:
+            if published.fate is Fate.LATER and self._too_late(post.archive):
+                published = Published(
+                    Fate.DROP, error=f"the thread never became ready ({published.error})"
+                )
+            if published.fate in (Fate.RETRY, Fate.WAIT):
+                attempts += 1
+                limit = (
+                    MAX_RATE_LIMITED_UPLOADS if published.fate is Fate.WAIT else MAX_UPLOAD_ATTEMPTS
+                )
+                if attempts >= limit:
+                    published = Published(Fate.DROP, error=published.error)
+                else:
+                    await asyncio.to_thread(
+                        self.store.note_upload_failure,
+                        target.upload_id,
+                        published.error or "failed",
+                    )
+            if published.fate is Fate.DROP:
                 log.error(
                     "giving up on posting exceptions into a thread (%s)",
                     published.error,
@@ -411,11 +451,22 @@ class Archiver:
                     self.store.drop_upload, target.upload_id, published.error or "refused"
                 )
                 return None
-            await asyncio.to_thread(
-                self.store.note_upload_failure, target.upload_id, published.error or "failed"
-            )
             wait = published.wait_seconds
-            if wait is None or wait > MAX_INLINE_WAIT_SECONDS:
-                return wait if wait is not None else self._backoff(target.attempts)
+            if wait is None:
+                wait = _upload_backoff(attempts)
+            wait = max(wait, MIN_WAIT_SECONDS)  # never a busy loop
+            if waited + wait > MAX_INLINE_WAIT_SECONDS:
+                return wait
             await self.sleep(wait)
-        return self._backoff(target.attempts)
+            waited += wait
+
+    def _too_late(self, archive: DueArchive) -> bool:
+        """True once an archive has waited for a thread longer than anyone would want it."""
+        return self.clock() - archive.created_at > MAX_THREAD_WAIT
+
+
+def _upload_backoff(attempts: int) -> float:
+    """2 s, 4 s, 8 s ... after the 1st, 2nd, 3rd failed upload; at most MAX_BACKOFF_SECONDS."""
+    return min(
+        MAX_BACKOFF_SECONDS, FIRST_UPLOAD_BACKOFF_SECONDS * 2 ** min(max(0, attempts - 1), 20)
+    )

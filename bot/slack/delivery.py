@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.clock import Clock, utcnow
@@ -52,6 +52,7 @@ from bot.slack.errors import (
     retry_after_seconds,
 )
 from bot.slack.render_exceptions import card_line
+from bot.slack.uploads import ThreadUpload
 from bot.store.interface import OutboxStore
 from bot.store.records import DeliveryState, PendingNotification
 
@@ -635,6 +636,93 @@ class Delivery:
             await self._call("chat_postMessage", channel=dm, text=text, **POST_FLAGS)
         except _Failed as failed:
             log.debug("could not tell the subscriber (%s)", failed.detail)
+
+    # ------------------------------------------------------------------ exceptions uploads
+
+    async def deliver_upload(self, subscription_id: int, upload: ThreadUpload) -> None:
+        """Bring a subscription's thread up to date, then post ``upload`` into it.
+
+        An exceptions archive's post (``bot/slack/uploads.py``) is the last step of a
+        pass, under the subscription's lease: after the card and every reply from
+        before the archive, never while the channel must wait, and a failure has the
+        fate a reply's would have (a 429 makes the channel wait, a lost channel ends
+        the subscription). ``upload.outcome`` says what became of it; the archiver
+        counts the failures and gives up in the end.
+        """
+        now = self.clock()
+        leased = await asyncio.to_thread(
+            self.outbox.claim_subscription, subscription_id, self.owner, now, self.lease_seconds
+        )
+        if not leased:
+            upload.later(0, "the thread is being delivered")
+            return
+        self._held[subscription_id] = now + timedelta(seconds=self.lease_seconds)
+        try:
+            await self._holding(subscription_id, self._pass_then_upload(subscription_id, upload))
+        except Exception:
+            log.exception("posting exceptions failed", extra={"subscription": subscription_id})
+        finally:
+            self._held.pop(subscription_id, None)
+            await asyncio.to_thread(self.outbox.release_subscription, subscription_id, self.owner)
+
+    async def _pass_then_upload(self, subscription_id: int, upload: ThreadUpload) -> CardResult:
+        result = await self._load_and_deliver(subscription_id, False)
+        d = await asyncio.to_thread(self.outbox.delivery, subscription_id)
+        if d is None:
+            upload.later(0, "the subscription is gone")
+            return result
+        waiting = upload.waits_for(d, self.clock())
+        if waiting is not None or d.tracking_ts is None:
+            upload.later(*(waiting or (0, "the card is not posted yet")))
+            return result
+        try:
+            await self._still_held(d)
+            await asyncio.wait_for(
+                upload.send(d.channel_id, d.tracking_ts), timeout=upload.timeout_seconds
+            )
+        except _Stop:
+            upload.later(0, "the delivery lease was lost")
+        except (
+            SlackApiError,
+            SlackRequestError,
+            TimeoutError,
+            aiohttp.ClientError,
+            OSError,
+        ) as exc:
+            await self._upload_failed(d, upload, _upload_failure(exc))
+        return result
+
+    async def _upload_failed(self, d: DeliveryState, upload: ThreadUpload, failed: _Failed) -> None:
+        """What a refused upload means for the channel; the archiver is told through ``upload``."""
+        error = failed.error
+        if error.fate is Fate.RATE_LIMITED:
+            wait = failed.retry_after or 1.0
+            await self._wait(d.team_id, d.channel_id, self.clock(), wait, failed.method)
+        elif error.fate.ends_subscription:
+            await self._end(d, failed)
+        else:
+            log.warning(
+                "Slack refused the exceptions upload (%s)%s",
+                failed.detail,
+                "; giving it up" if error.fate.permanent else "; trying again later",
+                extra={"channel": d.channel_id, "token": d.access_token},
+            )
+        upload.failed(error, failed.detail, failed.retry_after)
+
+
+def _upload_failure(exc: BaseException) -> _Failed:
+    """A failed upload as ``_call`` would describe a failed call: its fate, from errors.py."""
+    method = "files upload"
+    if isinstance(exc, SlackApiError):
+        code, status, retry_after = _describe(exc)
+        error, detail = classify(code, status), code or f"HTTP {status}"
+        with contextlib.suppress(Exception):
+            method = str(exc.response.api_url).rsplit("/", 1)[-1] or method
+    else:  # the upload URL refused the bytes, a timeout, the network
+        error, detail, retry_after = NETWORK, type(exc).__name__, None
+    METRICS.slack_errors.labels(error=error.code, fate=error.fate.value).inc()
+    wait = retry_after_seconds(retry_after) if error.fate is Fate.RATE_LIMITED else None
+    return _Failed(error, method, detail, wait)
 
 
 def _attempt_limit(error: SlackError) -> int:

@@ -21,7 +21,14 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 import bot.store.archives as archives_module
-from bot.archive.archiver import ArchivePost, Archiver, Fate, Published
+from bot.archive.archiver import (
+    MAX_RATE_LIMITED_UPLOADS,
+    MAX_UPLOAD_ATTEMPTS,
+    ArchivePost,
+    Archiver,
+    Fate,
+    Published,
+)
 from bot.config import Settings
 from bot.domain.exceptions import ExceptionsFile
 from bot.domain.rules import decide
@@ -81,6 +88,8 @@ class FakeSlack:
         canned = self.answers.get(post.target.channel_id)
         if canned:
             return canned.pop(0)
+        if post.target.tracking_ts is None:  # as delivery answers: no thread to post into yet
+            return Published(Fate.LATER, error="the card is not posted yet", wait_seconds=60)
         self._step("before upload")
         archive = post.result.files.get(post.mode) if post.result else None
         text = f"{post.mode.value}: {post.result.records if post.result else post.error}"
@@ -340,13 +349,55 @@ async def test_a_thread_whose_card_is_not_posted_yet_is_kept_for_later(
     assert len(slack.shared) == 1
 
 
+async def test_a_thread_that_never_becomes_ready_is_given_up_after_a_day(
+    tmp_path: Path, store: Store, engine: Engine
+) -> None:
+    finish_import(store, cards=False)
+    clock, slack = Clock(), FakeSlack()
+    arch = archiver(tmp_path, store.archives, Api(30), slack, "A", clock)
+    clock.now += timedelta(hours=23)
+    await run_due(arch)
+    assert table(engine, ArchiveUploadRow)[0]["state"] == "pending"
+    clock.now += timedelta(hours=2)
+    await run_due(arch)
+    (upload,) = table(engine, ArchiveUploadRow)
+    assert upload["state"] == "dropped" and "never became ready" in upload["last_error"]
+    assert table(engine, ArchiveRow)[0]["state"] == "done" and slack.shared == []
+
+
+async def test_failed_uploads_are_counted_and_given_up_rate_limits_later_than_errors(
+    tmp_path: Path, store: Store, engine: Engine
+) -> None:
+    finish_import(store, ("C1", "C2"))
+    slack = FakeSlack()
+    slack.answers = {
+        "C1": [Published(Fate.WAIT, error="ratelimited", wait_seconds=0.1)] * 200,
+        "C2": [Published(Fate.RETRY, error="internal_error")] * 200,
+    }
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    clock = Clock()
+    arch = archiver(tmp_path, store.archives, Api(30), slack, "A", clock, sleep=sleep)
+    runs = 0
+    while any(u["state"] == "pending" for u in table(engine, ArchiveUploadRow)) and runs < 50:
+        clock.now += timedelta(minutes=30)
+        runs += await run_due(arch)
+    tries = {c: 200 - len(answers) for c, answers in slack.answers.items()}
+    assert tries == {"C1": MAX_RATE_LIMITED_UPLOADS, "C2": MAX_UPLOAD_ATTEMPTS}
+    assert [u["state"] for u in table(engine, ArchiveUploadRow)] == ["dropped", "dropped"]
+    assert slack.shared == []
+
+
 async def test_a_short_rate_limit_is_waited_out_and_a_lost_channel_dropped(
     tmp_path: Path, store: Store, engine: Engine
 ) -> None:
     finish_import(store, ("C1", "C2"))
     slack = FakeSlack()
     slack.answers = {
-        "C1": [Published(Fate.RETRY, error="ratelimited", wait_seconds=0.01)],  # then it goes
+        "C1": [Published(Fate.WAIT, error="ratelimited", wait_seconds=0.01)],  # then it goes
         "C2": [Published(Fate.DROP, error="channel_not_found")],
     }
     await run_due(archiver(tmp_path, store.archives, Api(2500), slack, "A", Clock()))
