@@ -51,9 +51,11 @@ SCOPE_OF_METHOD: dict[str, str | None] = {
     "chat_getPermalink": None,
     "views_open": None,
     "views_publish": None,
-    # The exceptions archive: files_upload_v2 calls files.getUploadURLExternal and
-    # files.completeUploadExternal (files:write; no files:read since slack-sdk 3.23).
+    # The exceptions archive: the steps of files_upload_v2, made one by one so the file
+    # streams from disk (files:write; no files:read since slack-sdk 3.23).
     "files_upload_v2": "files:write",
+    "files_getUploadURLExternal": "files:write",
+    "files_completeUploadExternal": "files:write",
     "conversations_open": "im:write",
 }
 #: Events Slack sends without any scope being granted.
