@@ -302,9 +302,14 @@ def main() -> None:
         f"1/D = {bound:.1f} pages/s (the API's latency alone); top reason found: "
         f"{results['archive']['top']} (the simulator serves {top!r} for 40% of records)"
     )
+    load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"load average before {info['load_before']}, after {load_after} (2 cores)")
     if not all(r.get("peak_reset", True) for r in results.values()):
         print("note: /proc/self/clear_refs was refused; growth is from the process's start")
-    write_json(args.json, {"machine": info, "args": vars(args), "results": results})
+    write_json(
+        args.json,
+        {"machine": info, "load_after": load_after, "args": vars(args), "results": results},
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The answer is private (ephemeral): the summary, under the personal-data rule of the
 channel's ``exceptions`` setting or EXCEPTIONS_FILE. The file goes to the person's
-direct message with the bot (``conversations.open``, then ``files_upload_v2``), never
+direct message with the bot (``conversations.open``, then ``uploads.upload_file``), never
 into the channel. The import is looked up first, so an unknown or expired token and
 an import without failures get clear words and cost no paging.
 """
