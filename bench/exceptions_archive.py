@@ -274,7 +274,7 @@ def main() -> None:
                 round(rate / base_rate, 2),
                 round(result["rss_growth_kib"] / 1024, 1),
                 round(result["size"] / 1e6, 1) if result["size"] else "",
-                round(result.get("upload_seconds", 0.0), 1) or "",
+                round(result.get("upload_seconds", 0.0), 2) or "",
                 round(result["sim_cpu"], 1),
             ]
         )
