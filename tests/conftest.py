@@ -1,35 +1,63 @@
-"""Shared fixtures: the harness (simulator + emulator + real bot processes) and PostgreSQL."""
+"""Shared fixtures (a fresh PostgreSQL database) and how the suite is spread over workers.
+
+The suite runs on several pytest-xdist workers (``addopts`` in pyproject.toml,
+``--dist loadgroup``). Two rules, applied here at collection, keep that correct and
+short without any bookkeeping in the test modules:
+
+- A module that uses a module-scoped (or class-scoped) fixture, such as the one bot
+  process its integration tests share, runs whole on one worker, in file order.
+  Every other test is scheduled on its own, so independent slow tests run side by side.
+- Work starts with what waits longest: units holding a test marked ``slow`` first,
+  then the rest of ``tests/integration``, then the unit tests, which are many and
+  short and fill the gaps at the end. Mark a test (or a module, with ``pytestmark``)
+  ``slow`` when it takes 10 s or more of wall time.
+
+Run one file without workers: ``.venv/bin/pytest -p no:xdist tests/test_config.py``.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from bot.sandbox.harness import BotProcess, Harness
-from bot.sandbox.slack_emulator import SlackUser
-
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+_SHARED_SCOPES = {"class", "module", "package"}
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with Harness(tmp_path / "harness") as h:
-        yield h
+def _shares_fixtures(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture that outlives it but not the worker's session."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(defs[-1].scope in _SHARED_SCOPES for defs in info.name2fixturedefs.values())
 
 
-@pytest.fixture
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot()
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    sharing_modules = {item.nodeid.split("::")[0] for item in items if _shares_fixtures(item)}
+    units: list[str] = []  # the unit of work each item belongs to: a group or itself
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if module in sharing_modules and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(module))
+        group = item.get_closest_marker("xdist_group")
+        units.append(str(group.args[0]) if group and group.args else item.nodeid)
 
-
-@pytest.fixture
-def user(harness: Harness, bot: BotProcess) -> Iterator[SlackUser]:
-    with harness.user(bot) as slack_user:
-        yield slack_user
+    rank: dict[str, int] = {}
+    for item, unit in zip(items, units, strict=True):
+        if item.get_closest_marker("slow"):
+            item_rank = 0
+        elif item.nodeid.startswith("tests/integration/"):
+            item_rank = 1
+        else:
+            item_rank = 2
+        rank[unit] = min(rank.get(unit, 2), item_rank)
+    # A stable sort: the tests of one unit stay together and in file order.
+    order = sorted(range(len(items)), key=lambda index: rank[units[index]])
+    items[:] = [items[index] for index in order]
 
 
 def _admin_url() -> str:
@@ -40,8 +68,8 @@ def _admin_url() -> str:
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards.
 
-    Skips when PostgreSQL is unreachable, unless REQUIRE_POSTGRES=1 (CI), where
-    that is a failure.
+    Its name is random, so tests on parallel workers never share one. Skips when
+    PostgreSQL is unreachable, unless REQUIRE_POSTGRES=1 (CI), where that is a failure.
     """
     import psycopg
     from sqlalchemy.engine import make_url

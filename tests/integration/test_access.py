@@ -7,9 +7,7 @@ windows and the subscriptions of one test never touch another's.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,11 +20,12 @@ from bot.sandbox.slack_emulator import (
     slash_command_body,
     wait_for,
 )
+from tests.integration.helpers import db_rows, final_reply, log_since
 
 ALLOWED_CHANNELS = ["C0001", "C0002", "C0003", "C0004", "C0005", "C0006"]
 ALLOWED_USERS = ["U0001", "U0002", "U0003", "U0004", "U0005", "U0006", "U0007", "U0008"]
 LIMIT = 5
-ENV = {
+HARNESS_ENV = {
     "ALLOWED_CHANNEL_IDS": ",".join(ALLOWED_CHANNELS),
     "ALLOWED_USER_IDS": ",".join(ALLOWED_USERS),
     "LOOKUP_RATE_LIMIT": str(LIMIT),
@@ -36,17 +35,6 @@ ENV = {
     "IDLE_POLL_INTERVAL_SECONDS": "600",
 }
 UNKNOWN_TOKEN_SENTENCE = "does not recognise this access token"
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(tmp_path_factory.mktemp("access"), env=ENV) as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot()
 
 
 def person(
@@ -63,27 +51,18 @@ def answer(user: SlackUser, text: str) -> tuple[CommandResult, str]:
     assert result.status_code == 200
     assert isinstance(result.ack_body, dict), result.ack_body
     assert result.ack_body.get("response_type") == "ephemeral", result.ack_body
-    body: Any = result.ack_body
-    if body.get("text", "").startswith(("Looking up", "Checking import", "Stopping")):
-        body = user.wait_response(result, timeout=15)
-    return result, message_text(body)
+    return result, message_text(final_reply(user, result))
 
 
-def subscriptions(harness: Harness, **where: str) -> list[sqlite3.Row]:
+def subscriptions(harness: Harness, **where: str) -> list[dict[str, Any]]:
     """Subscription rows of the bot's database, joined with their import's token."""
-    path = harness.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        db.row_factory = sqlite3.Row
-        clauses = " AND ".join(f"s.{column} = ?" for column in where) or "1"
-        return db.execute(
-            "SELECT s.*, i.access_token FROM subscriptions s "
-            f"JOIN imports i ON i.id = s.import_id WHERE {clauses} ORDER BY s.id",
-            tuple(where.values()),
-        ).fetchall()
-
-
-def log_since(bot: BotProcess, offset: int) -> str:
-    return bot.log_text()[offset:]
+    clauses = " AND ".join(f"s.{column} = :{column}" for column in where) or "1 = 1"
+    return db_rows(
+        harness,
+        "SELECT s.*, i.access_token FROM subscriptions s "
+        f"JOIN imports i ON i.id = s.import_id WHERE {clauses} ORDER BY s.id",
+        **where,
+    )
 
 
 # --------------------------------------------------------------------------- allow-lists

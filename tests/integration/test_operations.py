@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,21 +20,8 @@ from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
 CHANNEL = "C0OPS"
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(tmp_path_factory.mktemp("operations"), env={"LOG_FORMAT": "json"}) as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot()
-
-
-@pytest.fixture(scope="module")
-def user(harness: Harness, bot: BotProcess) -> Iterator[SlackUser]:
-    with harness.user(bot, channel_id=CHANNEL) as slack_user:
-        yield slack_user
+HARNESS_ENV = {"LOG_FORMAT": "json"}
+USER_CHANNEL = CHANNEL
 
 
 def healthz(bot: BotProcess, timeout: float = 10) -> httpx.Response:

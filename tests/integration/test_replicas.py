@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import message_text, wait_for
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 IMPORTS = 200
 CHANNELS = 20
@@ -45,14 +45,12 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Harness, list[
     with Harness(
         tmp_path / "harness", database_url=postgres_url, poll_interval=POLL_INTERVAL
     ) as harness:
-        bots = [
-            harness.start_bot(
-                LOOKUP_RATE_LIMIT=1_000_000,  # hundreds of watch commands from one user
-                LEASE_SECONDS=LEASE_SECONDS,
-                LOG_LEVEL="WARNING",
-            )
-            for _ in range(REPLICAS)
-        ]
+        bots = harness.start_bots(
+            REPLICAS,
+            LOOKUP_RATE_LIMIT=1_000_000,  # hundreds of watch commands from one user
+            LEASE_SECONDS=LEASE_SECONDS,
+            LOG_LEVEL="WARNING",
+        )
         yield harness, bots
 
 

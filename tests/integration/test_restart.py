@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from bot.sandbox.harness import BotProcess, Harness
-from bot.sandbox.slack_emulator import Message, message_text, wait_for
+from bot.sandbox.slack_emulator import Message, wait_for
 from bot.store.tables import NotificationRow, SubscriptionRow
+from tests.integration import helpers
 
 TOKEN = 4242
 CHANNEL = "C0001"
@@ -35,9 +34,9 @@ FAST_RESTART: dict[str, Any] = {"LEASE_SECONDS": 1, "IDLE_POLL_INTERVAL_SECONDS"
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with Harness(tmp_path / "harness") as h:
-        yield h
+def harness(fresh_harness: Harness) -> Harness:
+    """Each test starts, kills and restarts a bot of its own: a harness of its own."""
+    return fresh_harness
 
 
 # --------------------------------------------------------------------------- helpers
@@ -45,33 +44,21 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 def watch(harness: Harness, bot: BotProcess) -> Message:
     with harness.user(bot) as user:
-        result = user.command(f"watch {TOKEN}")
-        assert f"Watching import {TOKEN}" in message_text(result.ack_body)
-    cards = wait_for(lambda: harness.emulator.messages(CHANNEL), 5, description="the card")
-    assert len(cards) == 1
-    return cards[0]
+        return helpers.watch(harness, user, TOKEN)
 
 
 def replies(harness: Harness, card: Message) -> list[str]:
-    return [m.text for m in harness.emulator.thread(CHANNEL, card.ts)]
+    return [m.text for m in helpers.replies(harness, card)]
 
 
 def wait_replies(harness: Harness, card: Message, count: int, timeout: float) -> list[str]:
-    def enough() -> list[str] | None:
-        thread = replies(harness, card)
-        return thread if len(thread) >= count else None
-
-    return wait_for(enough, timeout, description=f"{count} replies in the thread")
+    """Wait until the thread holds at least ``count`` replies (a repeat may make more)."""
+    found = helpers.wait_replies(harness, card, count, timeout, exactly=False)
+    return [m.text for m in found]
 
 
 def notification_rows(harness: Harness) -> list[dict[str, Any]]:
-    engine = create_engine(harness.database_url)
-    try:
-        with engine.connect() as conn:
-            query = select(NotificationRow.__table__).order_by(NotificationRow.id)
-            return [dict(r) for r in conn.execute(query).mappings()]
-    finally:
-        engine.dispose()
+    return helpers.db_rows(harness, select(NotificationRow.__table__).order_by(NotificationRow.id))
 
 
 def sent_count(harness: Harness) -> int:
@@ -94,12 +81,8 @@ def collapse(texts: list[str]) -> list[str]:
 
 
 def subscription_state(harness: Harness) -> str:
-    engine = create_engine(harness.database_url)
-    try:
-        with engine.connect() as conn:
-            return str(conn.execute(select(SubscriptionRow.state)).scalar_one())
-    finally:
-        engine.dispose()
+    (row,) = helpers.db_rows(harness, select(SubscriptionRow.state))
+    return str(row["state"])
 
 
 # --------------------------------------------------------------------------- SIGKILL

@@ -24,22 +24,12 @@ TOKEN = 4242
 FORM = "application/x-www-form-urlencoded"
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(tmp_path_factory.mktemp("signatures"), env={"LOOKUP_RATE_LIMIT": "100000"}) as h:
-        h.sim.add_import(TOKEN, name="Guarded import", status="Processing")
-        yield h
+HARNESS_ENV = {"LOOKUP_RATE_LIMIT": "100000"}
 
 
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot()
-
-
-@pytest.fixture(scope="module")
-def user(harness: Harness, bot: BotProcess) -> Iterator[SlackUser]:
-    with harness.user(bot) as slack_user:
-        yield slack_user
+@pytest.fixture(scope="module", autouse=True)
+def _guarded_import(harness: Harness) -> None:
+    harness.sim.add_import(TOKEN, name="Guarded import", status="Processing")
 
 
 @pytest.fixture(scope="module")

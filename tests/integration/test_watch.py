@@ -14,78 +14,45 @@ plus 2 s.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.slack import render
 from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
+from tests.integration.helpers import (
+    Place,
+    cards,
+    db_rows,
+    final_reply,
+    replies,
+    wait_card,
+    wait_replies,
+    watch,
+)
 
 ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness
 IDLE_INTERVAL = 3.0  # IDLE_POLL_INTERVAL_SECONDS in the harness
 SLACK = 2.0  # what a transition may take beyond its poll interval
 
-_numbers = itertools.count(1)
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("watch")) / "harness") as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    # Many commands from one module: keep the per-user lookup limit out of the way.
-    return harness.start_bot(EXPIRY_WARNING_MINUTES=60, LOOKUP_RATE_LIMIT=1000)
-
-
-@dataclass
-class Place:
-    """Where one test runs: its own channel, user and access token."""
-
-    channel: str
-    other_channel: str
-    user_id: str
-    token: int
-
-
-@pytest.fixture
-def place() -> Place:
-    n = next(_numbers)
-    return Place(f"CW{n:03d}", f"CX{n:03d}", f"UW{n:03d}", 4242 + 1000 * n)
+# Many commands from one module: keep the per-user lookup limit out of the way.
+HARNESS_ENV = {"EXPIRY_WARNING_MINUTES": "60", "LOOKUP_RATE_LIMIT": "1000"}
 
 
 @pytest.fixture
 def user(harness: Harness, bot: BotProcess, place: Place) -> Iterator[SlackUser]:
+    """Each test's user types in the test's own channel."""
     with harness.user(bot, channel_id=place.channel, user_id=place.user_id) as slack_user:
         yield slack_user
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cards(harness: Harness, channel: str) -> list[Message]:
-    """The channel's top-level messages (tracking cards), without broadcast replies."""
-    return [m for m in harness.emulator.messages(channel) if m.thread_ts is None]
-
-
-def wait_card(harness: Harness, channel: str, timeout: float = 5) -> Message:
-    found = wait_for(lambda: cards(harness, channel), timeout, description=f"a card in {channel}")
-    assert len(found) == 1, f"expected one tracking card, got {[m.text for m in found]}"
-    return found[0]
 
 
 def card_now(harness: Harness, card: Message) -> Message:
@@ -102,33 +69,12 @@ def wait_card_text(harness: Harness, card: Message, words: str, timeout: float =
     return wait_for(showing, timeout, description=f"the card showing {words!r}")
 
 
-def replies(harness: Harness, card: Message) -> list[Message]:
-    return harness.emulator.thread(card.channel, card.ts)
-
-
-def wait_replies(
-    harness: Harness, card: Message, count: int, timeout: float = ACTIVE_INTERVAL + SLACK
-) -> list[Message]:
-    """Wait until the card's thread holds ``count`` replies; fail if it holds more."""
-
-    def enough() -> list[Message] | None:
-        thread = replies(harness, card)
-        return thread if len(thread) >= count else None
-
-    found = wait_for(enough, timeout, description=f"{count} replies under {card.ts}")
-    assert len(found) == count, [m.text for m in found]
-    return found
-
-
 def ack_text(user: SlackUser, text: str, **overrides: Any) -> str:
     """The answer to a command: in the acknowledgement, or posted later if it was slow."""
     result = user.command(text, **overrides)
     assert result.status_code == 200
     assert result.ack_seconds < 3
-    body = message_text(result.ack_body)
-    if any(w in body for w in ("Checking import", "Looking up", "Stopping the watch")):
-        body = message_text(user.wait_response(result, timeout=10))
-    return body
+    return message_text(final_reply(user, result, timeout=10))
 
 
 def list_text(user: SlackUser, channel: str | None = None) -> str:
@@ -136,7 +82,7 @@ def list_text(user: SlackUser, channel: str | None = None) -> str:
 
 
 def subscriptions(harness: Harness, channel: str) -> list[dict[str, Any]]:
-    return _rows(
+    return db_rows(
         harness, select(SubscriptionRow.__table__).where(SubscriptionRow.channel_id == channel)
     )
 
@@ -147,31 +93,15 @@ def notifications(harness: Harness, channel: str) -> list[dict[str, Any]]:
         .join(SubscriptionRow, SubscriptionRow.id == NotificationRow.subscription_id)
         .where(SubscriptionRow.channel_id == channel)
     )
-    return _rows(harness, query)
+    return db_rows(harness, query)
 
 
 def imports(harness: Harness, token: int) -> list[dict[str, Any]]:
-    return _rows(harness, select(ImportRow.__table__).where(ImportRow.access_token == token))
-
-
-def _rows(harness: Harness, query: Any) -> list[dict[str, Any]]:
-    engine = create_engine(harness.database_url)
-    try:
-        with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-    finally:
-        engine.dispose()
+    return db_rows(harness, select(ImportRow.__table__).where(ImportRow.access_token == token))
 
 
 def in_future(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
-
-
-def watch(harness: Harness, user: SlackUser, token: int, channel: str | None = None) -> Message:
-    """Watch ``token`` in the user's channel (or ``channel``); returns the tracking card."""
-    channel = channel or user.channel_id
-    assert f"Watching import {token}" in ack_text(user, f"watch {token}", channel_id=channel)
-    return wait_card(harness, channel)
 
 
 # --------------------------------------------------------------------------- the story
@@ -272,7 +202,7 @@ def test_unwatch_stops_every_further_message(
     harness.sim.add_import(token, status="Queued", ValidationSuccessful=1000)
     card = watch(harness, user, token)
     harness.sim.update(token, Status="Processing")
-    wait_replies(harness, card, 1)
+    wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
 
     assert f"Stopped watching import {token}" in ack_text(user, f"unwatch {token}")
     wait_card_text(harness, card, "No longer watching")
@@ -376,7 +306,7 @@ def test_two_channels_share_one_status_call_per_cycle_and_both_hear_the_transiti
 
     harness.sim.update(token, Status="Completed", Processed=1000)
     for card in (first, second):
-        (reply,) = wait_replies(harness, card, 1)
+        (reply,) = wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
         assert "Completed" in reply.text and reply.reply_broadcast
     time.sleep(ACTIVE_INTERVAL)
     assert len(replies(harness, first)) == len(replies(harness, second)) == 1
@@ -390,7 +320,7 @@ def test_expiry_warning_is_posted_once_and_broadcast(
         token, status="Processing", ValidationSuccessful=1000, expires=in_future(30 * 60)
     )
     card = watch(harness, user, token)
-    (warning,) = wait_replies(harness, card, 1)
+    (warning,) = wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
     assert ":warning: The access token expires in 29 min" in warning.text, warning.text
     assert warning.text.startswith(f"<@{place.user_id}>") and warning.reply_broadcast
 
@@ -409,7 +339,7 @@ def test_token_expiring_unfinished_warns_then_expires_and_stops_polling(
     expires = in_future(4)
     harness.sim.add_import(token, status="Processing", ValidationSuccessful=1000, expires=expires)
     card = watch(harness, user, token)
-    (warning,) = wait_replies(harness, card, 1)
+    (warning,) = wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
     assert ":warning: The access token expires" in warning.text and warning.reply_broadcast
 
     expired = wait_replies(harness, card, 2, timeout=8)[1]

@@ -17,18 +17,17 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.mypreferences_simulator import Call
 from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.store.tables import SubscriptionRow
+from tests.integration.helpers import Place, db_rows, replies, wait_polls, wait_replies, watch
 
 ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness
 IDLE_INTERVAL = 3.0  # IDLE_POLL_INTERVAL_SECONDS in the harness
@@ -36,55 +35,16 @@ MAX_BACKOFF = 4.0
 HTTP_TIMEOUT = 1.0
 SLACK = 2.0  # what a transition may take beyond its poll interval
 
-_numbers = itertools.count(1)
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("faults")) / "harness") as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot(
-        HTTP_TIMEOUT_SECONDS=HTTP_TIMEOUT,
-        MAX_BACKOFF_SECONDS=MAX_BACKOFF,
-        LOOKUP_RATE_LIMIT=1000,
-    )
-
-
-@dataclass
-class Place:
-    """Where one test runs: its own channels, user and access tokens."""
-
-    channel: str
-    other_channel: str
-    user_id: str
-    token: int
-    other_token: int
-
-
-@pytest.fixture
-def place(harness: Harness) -> Iterator[Place]:
-    n = next(_numbers)
-    yield Place(f"CF{n:03d}", f"CG{n:03d}", f"UF{n:03d}", 5000 + 10 * n, 5001 + 10 * n)
-    harness.sim.clear_faults()
-    harness.emulator.clear_errors()
-
-
-@pytest.fixture
-def own_harness(tmp_path: Path) -> Iterator[Harness]:
-    """A harness of its own, for a test whose bot needs other settings."""
-    with Harness(tmp_path / "harness") as h:
-        yield h
+HARNESS_ENV = {
+    "HTTP_TIMEOUT_SECONDS": str(HTTP_TIMEOUT),
+    "MAX_BACKOFF_SECONDS": str(MAX_BACKOFF),
+    "LOOKUP_RATE_LIMIT": "1000",
+}
 
 
 @pytest.fixture
 def user(harness: Harness, bot: BotProcess, place: Place) -> Iterator[SlackUser]:
+    """Each test's user types in the test's own channel."""
     with harness.user(bot, channel_id=place.channel, user_id=place.user_id) as slack_user:
         yield slack_user
 
@@ -92,53 +52,10 @@ def user(harness: Harness, bot: BotProcess, place: Place) -> Iterator[SlackUser]
 # --------------------------------------------------------------------------- helpers
 
 
-def watch(harness: Harness, user: SlackUser, token: int, channel: str | None = None) -> Message:
-    """Watch ``token`` in ``channel`` (default: the user's); returns the tracking card."""
-    channel = channel or user.channel_id
-    result = user.command(f"watch {token}", channel_id=channel)
-    assert result.status_code == 200 and result.ack_seconds < 3
-    assert f"Watching import {token}" in message_text(result.ack_body)
-    found = wait_for(
-        lambda: [m for m in harness.emulator.messages(channel) if m.thread_ts is None],
-        5,
-        description=f"the card in {channel}",
-    )
-    assert len(found) == 1
-    return found[0]
-
-
-def replies(harness: Harness, card: Message) -> list[Message]:
-    return harness.emulator.thread(card.channel, card.ts)
-
-
-def wait_replies(harness: Harness, card: Message, count: int, timeout: float) -> list[Message]:
-    """Wait until the card's thread holds ``count`` replies; fail if it holds more."""
-
-    def enough() -> list[Message] | None:
-        thread = replies(harness, card)
-        return thread if len(thread) >= count else None
-
-    found = wait_for(
-        enough, timeout, description=f"{count} replies under {card.ts} in {card.channel}"
-    )
-    assert len(found) == count, [m.text for m in found]
-    return found
-
-
 def card_text(harness: Harness, card: Message) -> str:
     current = harness.emulator.message(card.channel, card.ts)
     assert current is not None
     return message_text(current)
-
-
-def wait_polls(harness: Harness, token: int, more: int, timeout: float) -> None:
-    """Wait until the simulator has answered ``more`` further status requests for ``token``."""
-    target = harness.sim.status_calls(token) + more
-    wait_for(
-        lambda: harness.sim.status_calls(token) >= target,
-        timeout,
-        description=f"{more} more status calls for {token}",
-    )
 
 
 def status_calls(harness: Harness, token: int, since: float) -> list[Call]:
@@ -150,13 +67,9 @@ def status_calls(harness: Harness, token: int, since: float) -> list[Call]:
 
 
 def subscription_rows(harness: Harness, channel: str) -> list[dict[str, Any]]:
-    engine = create_engine(harness.database_url)
-    try:
-        with engine.connect() as conn:
-            query = select(SubscriptionRow.__table__).where(SubscriptionRow.channel_id == channel)
-            return [dict(r) for r in conn.execute(query).mappings()]
-    finally:
-        engine.dispose()
+    return db_rows(
+        harness, select(SubscriptionRow.__table__).where(SubscriptionRow.channel_id == channel)
+    )
 
 
 def healthy(bot: BotProcess) -> bool:
@@ -199,9 +112,9 @@ def test_api_outage_delays_a_transition_but_loses_and_repeats_nothing(
 
 
 def test_an_import_whose_api_calls_time_out_does_not_delay_a_healthy_one(
-    own_harness: Harness, place: Place
+    fresh_harness: Harness, place: Place
 ) -> None:
-    harness = own_harness
+    harness = fresh_harness
     # Timeouts longer than the poll interval make the hold-up show.
     bot = harness.start_bot(HTTP_TIMEOUT_SECONDS=3, MAX_BACKOFF_SECONDS=0.1)
     slow, fine = place.token, place.other_token
@@ -281,9 +194,9 @@ def test_a_lost_channel_ends_only_its_own_subscription(
 
 
 def test_api_trouble_posts_one_trouble_reply_and_one_recovery_reply(
-    own_harness: Harness, place: Place
+    fresh_harness: Harness, place: Place
 ) -> None:
-    harness = own_harness
+    harness = fresh_harness
     bot = harness.start_bot(API_TROUBLE_MINUTES=0.03, MAX_BACKOFF_SECONDS=1)  # 1.8 s
     token = place.token
     harness.sim.add_import(token, status="Processing", ValidationSuccessful=1000)

@@ -23,6 +23,7 @@ from bot.exit_codes import ExitCode
 from bot.mypreferences import errors
 from bot.sandbox.devserver import ServerThread
 from bot.sandbox.mypreferences_simulator import Simulator, base_url, oauth_token_url
+from tests.integration.helpers import status_calls_since
 
 CLIENT_ID = "ACME"
 # Recognisable secrets: if any of them shows up in any output, a test fails.
@@ -92,15 +93,6 @@ def run_cli(sim_url: str | None, *args: str, **env: str) -> Run:
     for secret in SECRETS:
         assert secret not in run.stdout + run.stderr, f"a secret was printed: {run!r}"
     return run
-
-
-def status_calls_since(sim: Simulator, since: float) -> int:
-    """Status requests that *arrived* after ``since`` (time.monotonic()).
-
-    ``status_calls()`` counts a request when it is answered, so a delayed request
-    from an earlier test could land in a later test's count; arrival time cannot.
-    """
-    return sum(1 for call in sim.calls if call.at >= since and call.path.endswith("/Status"))
 
 
 # --------------------------------------------------------------------------- status

@@ -1,0 +1,88 @@
+"""Fixtures for the tests that start processes: the harness, a bot, a Slack user.
+
+A module gets one harness (MyPreferences simulator + Slack emulator + one SQLite
+database), one ``import-status-bot serve`` process and one Slack user for all its
+tests, because starting a bot takes a second or two of CPU. A module tunes them
+with module-level settings:
+
+    HARNESS_ENV = {"LOOKUP_RATE_LIMIT": "1000"}  # settings of every bot its harness starts
+    USER_CHANNEL = "C0OPS"                         # where ``user`` types (default C0001)
+
+    def test_something(harness: Harness, bot: BotProcess, user: SlackUser) -> None: ...
+
+Tests of one module share that bot, so each uses its own access tokens and channels
+(the ``place`` fixture hands them out). After each test, faults injected into the
+module's simulator and errors injected into its emulator are cleared.
+
+A test that starts, kills or restarts bots of its own, or needs other settings for
+the simulator, takes ``fresh_harness`` instead: a harness of its own, torn down after
+the test. A module whose tests all need that overrides ``harness`` with it.
+
+A module that uses module-scoped fixtures runs on one xdist worker (tests/conftest.py).
+Helpers to read back what the bot did are in ``helpers.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.sandbox.harness import BotProcess, Harness
+from bot.sandbox.slack_emulator import SlackUser
+from tests.integration.helpers import Place
+
+_places = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def harness(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    """The module's harness, its bots configured with the module's ``HARNESS_ENV``."""
+    env: dict[str, str] = getattr(request.module, "HARNESS_ENV", {})
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with Harness(tmp_path_factory.mktemp(name), env=env) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def bot(harness: Harness) -> BotProcess:
+    """The module's bot: one ``import-status-bot serve`` process."""
+    return harness.start_bot()
+
+
+@pytest.fixture(scope="module")
+def user(request: pytest.FixtureRequest, harness: Harness, bot: BotProcess) -> Iterator[SlackUser]:
+    """Someone (U0001) typing commands to the module's bot in ``USER_CHANNEL`` (C0001)."""
+    channel: str = getattr(request.module, "USER_CHANNEL", "C0001")
+    with harness.user(bot, channel_id=channel) as slack_user:
+        yield slack_user
+
+
+@pytest.fixture(autouse=True)
+def _clear_injected_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A fault one test injects into the module's harness never reaches the next test."""
+    shared: Harness | None = None
+    if "harness" in request.fixturenames:
+        shared = request.getfixturevalue("harness")
+    yield
+    if shared is not None:
+        shared.sim.clear_faults()
+        shared.emulator.clear_errors()
+
+
+@pytest.fixture
+def fresh_harness(tmp_path: Path) -> Iterator[Harness]:
+    """A harness of the test's own, with default settings, for bots it starts itself."""
+    with Harness(tmp_path / "harness") as h:
+        yield h
+
+
+@pytest.fixture
+def place() -> Place:
+    """Channels, a user and tokens of the test's own (unique within the test process)."""
+    n = next(_places)
+    return Place(f"CP{n:04d}", f"CQ{n:04d}", f"UP{n:04d}", 100_000 + 10 * n, 100_001 + 10 * n)
