@@ -12,7 +12,7 @@ short without any bookkeeping in the test modules:
   short and fill the gaps at the end. Mark a test (or a module, with ``pytestmark``)
   ``slow`` when it takes 10 s or more of wall time.
 
-Run one file without workers: ``.venv/bin/pytest -p no:xdist tests/test_config.py``.
+Run one file without workers: ``.venv/bin/pytest -n0 tests/test_config.py``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ from sqlalchemy.pool import NullPool
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import message_text, wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# Each test keeps the machine busy (three replicas polling 200 imports every second):
+# they run one after the other, on one worker, and early.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("replicas")]
 
 IMPORTS = 200
 CHANNELS = 20
@@ -43,7 +45,10 @@ _CARD_TOKEN = re.compile(r'"import_actions_(\d+)"')
 @pytest.fixture
 def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Harness, list[BotProcess]]]:
     with Harness(
-        tmp_path / "harness", database_url=postgres_url, poll_interval=POLL_INTERVAL
+        tmp_path / "harness",
+        database_url=postgres_url,
+        poll_interval=POLL_INTERVAL,
+        preloaded=True,
     ) as harness:
         bots = harness.start_bots(
             REPLICAS,
