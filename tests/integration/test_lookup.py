@@ -192,6 +192,7 @@ def test_malformed_json_says_the_answer_could_not_be_read(
     assert errors.MalformedResponse.user_message in shown
 
 
+@pytest.mark.slow
 def test_ack_stays_fast_when_the_api_takes_ten_seconds(harness: Harness) -> None:
     harness.sim.add_import(5007, name="Patience", status="Processing", ValidationSuccessful=10_000)
     patient = harness.start_bot(HTTP_TIMEOUT_SECONDS=15, LOOKUP_BUDGET_SECONDS=20)

@@ -88,6 +88,7 @@ def subscription_state(harness: Harness) -> str:
 # --------------------------------------------------------------------------- SIGKILL
 
 
+@pytest.mark.slow
 def test_crashes_at_any_point_lose_nothing_and_repeat_nothing(harness: Harness) -> None:
     seed = random.randrange(1_000_000)
     rng = random.Random(seed)
@@ -151,6 +152,7 @@ def test_crashes_at_any_point_lose_nothing_and_repeat_nothing(harness: Harness) 
     assert all(row["state"] == "sent" for row in notification_rows(harness))
 
 
+@pytest.mark.slow
 def test_a_crash_between_slack_and_the_database_repeats_at_most_that_one_message(
     harness: Harness,
 ) -> None:
@@ -186,6 +188,7 @@ def test_a_crash_between_slack_and_the_database_repeats_at_most_that_one_message
 # --------------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.slow
 def test_sigterm_mid_tick_exits_zero_and_the_restart_loses_and_repeats_nothing(
     harness: Harness,
 ) -> None:

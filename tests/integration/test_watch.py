@@ -107,6 +107,7 @@ def in_future(seconds: float) -> datetime:
 # --------------------------------------------------------------------------- the story
 
 
+@pytest.mark.slow
 def test_import_lifecycle_posts_each_transition_once_in_the_card_thread(
     harness: Harness, user: SlackUser, place: Place
 ) -> None:

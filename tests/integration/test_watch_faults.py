@@ -193,6 +193,7 @@ def test_a_lost_channel_ends_only_its_own_subscription(
     assert replies(harness, lost_card) == []
 
 
+@pytest.mark.slow
 def test_api_trouble_posts_one_trouble_reply_and_one_recovery_reply(
     fresh_harness: Harness, place: Place
 ) -> None:
