@@ -1,16 +1,15 @@
-"""Shared fixtures (a fresh PostgreSQL database) and how the suite is spread over workers.
+"""Shared fixtures (a fresh PostgreSQL database) and the order in which work is handed out.
 
-The suite runs on several pytest-xdist workers (``addopts`` in pyproject.toml,
-``--dist loadgroup``). Two rules, applied here at collection, keep that correct and
-short without any bookkeeping in the test modules:
+The suite runs on several pytest-xdist workers (``addopts`` in pyproject.toml).
+Each test module runs whole on one worker, in file order (``--dist loadfile``), so
+a module-scoped fixture, such as the one bot a module's integration tests share,
+is made once. Modules are handed out in this order, so that what waits longest
+starts first and no long module is left to run alone at the end:
 
-- A module that uses a module-scoped (or class-scoped) fixture, such as the one bot
-  process its integration tests share, runs whole on one worker, in file order.
-  Every other test is scheduled on its own, so independent slow tests run side by side.
-- Work starts with what waits longest: units holding a test marked ``slow`` first,
-  then the rest of ``tests/integration``, then the unit tests, which are many and
-  short and fill the gaps at the end. Mark a test (or a module, with ``pytestmark``)
-  ``slow`` when it takes 10 s or more of wall time.
+1. modules with a test marked ``slow`` (10 s or more of wall time on a quiet
+   machine; mark a long test, or a whole module with ``pytestmark``),
+2. the rest of ``tests/integration``,
+3. the unit tests: many short modules that fill the gaps at the end.
 
 Run one file without workers: ``.venv/bin/pytest -n0 tests/test_config.py``.
 """
@@ -24,40 +23,21 @@ from collections.abc import Iterator
 import pytest
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-_SHARED_SCOPES = {"class", "module", "package"}
 
 
-def _shares_fixtures(item: pytest.Item) -> bool:
-    """Whether the test uses a fixture that outlives it but not the worker's session."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(defs[-1].scope in _SHARED_SCOPES for defs in info.name2fixturedefs.values())
+def _rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow"):
+        return 0
+    return 1 if item.nodeid.startswith("tests/integration/") else 2
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    sharing_modules = {item.nodeid.split("::")[0] for item in items if _shares_fixtures(item)}
-    units: list[str] = []  # the unit of work each item belongs to: a group or itself
+    """Order the modules by rank; a module's tests keep their order, together."""
+    rank: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        if module in sharing_modules and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(module))
-        group = item.get_closest_marker("xdist_group")
-        units.append(str(group.args[0]) if group and group.args else item.nodeid)
-
-    rank: dict[str, int] = {}
-    for item, unit in zip(items, units, strict=True):
-        if item.get_closest_marker("slow"):
-            item_rank = 0
-        elif item.nodeid.startswith("tests/integration/"):
-            item_rank = 1
-        else:
-            item_rank = 2
-        rank[unit] = min(rank.get(unit, 2), item_rank)
-    # A stable sort: the tests of one unit stay together and in file order.
-    order = sorted(range(len(items)), key=lambda index: rank[units[index]])
-    items[:] = [items[index] for index in order]
+        rank[module] = min(rank.get(module, 2), _rank(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
 
 
 def _admin_url() -> str:

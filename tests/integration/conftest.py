@@ -19,8 +19,8 @@ A test that starts, kills or restarts bots of its own, or needs other settings f
 the simulator, takes ``fresh_harness`` instead: a harness of its own, torn down after
 the test. A module whose tests all need that overrides ``harness`` with it.
 
-A module that uses module-scoped fixtures runs on one xdist worker (tests/conftest.py).
-Helpers to read back what the bot did are in ``helpers.py``.
+A module runs whole on one xdist worker, so its fixtures are made once per run
+(tests/conftest.py). Helpers to read back what the bot did are in ``helpers.py``.
 """
 
 from __future__ import annotations

@@ -26,9 +26,7 @@ from sqlalchemy.pool import NullPool
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import message_text, wait_for
 
-# Each test keeps the machine busy (three replicas polling 200 imports every second):
-# they run one after the other, on one worker, and early.
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("replicas")]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 IMPORTS = 200
 CHANNELS = 20
