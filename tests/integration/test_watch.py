@@ -9,7 +9,7 @@ One bot serves the whole module (starting one takes a second or two); every
 test has a channel, a user and an access token of its own, so no test can see
 another's messages or rows. The harness polls active imports every second and
 idle ones every 3 s: a transition must reach its thread within that interval
-plus 2 s.
+plus SLACK.
 """
 
 from __future__ import annotations
@@ -27,19 +27,23 @@ from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_fo
 from bot.slack import render
 from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
 from tests.integration.helpers import (
+    PATIENCE,
     Place,
     cards,
     db_rows,
     final_reply,
     replies,
     wait_card,
+    wait_polls,
     wait_replies,
     watch,
 )
 
 ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness
 IDLE_INTERVAL = 3.0  # IDLE_POLL_INTERVAL_SECONDS in the harness
-SLACK = 2.0  # what a transition may take beyond its poll interval
+# What a transition may take beyond its poll interval: a tick, the poll, the post, and
+# room for a busy machine (the tests run beside others; the bot shares two cores).
+SLACK = 3.0
 
 # Many commands from one module: keep the per-user lookup limit out of the way.
 HARNESS_ENV = {"EXPIRY_WARNING_MINUTES": "60", "LOOKUP_RATE_LIMIT": "1000"}
@@ -61,7 +65,9 @@ def card_now(harness: Harness, card: Message) -> Message:
     return current
 
 
-def wait_card_text(harness: Harness, card: Message, words: str, timeout: float = 3) -> Message:
+def wait_card_text(
+    harness: Harness, card: Message, words: str, timeout: float = PATIENCE
+) -> Message:
     def showing() -> Message | None:
         current = card_now(harness, card)
         return current if words in message_text(current) else None
@@ -74,7 +80,7 @@ def ack_text(user: SlackUser, text: str, **overrides: Any) -> str:
     result = user.command(text, **overrides)
     assert result.status_code == 200
     assert result.ack_seconds < 3
-    return message_text(final_reply(user, result, timeout=10))
+    return message_text(final_reply(user, result))
 
 
 def list_text(user: SlackUser, channel: str | None = None) -> str:
@@ -140,7 +146,7 @@ def test_import_lifecycle_posts_each_transition_once_in_the_card_thread(
     for number, (changes, interval, expected) in enumerate(steps, start=1):
         sim.update(token, **changes)
         changed_at = time.monotonic()
-        thread = wait_replies(harness, card, number, timeout=interval + SLACK)
+        thread = wait_replies(harness, card, number)
         took = time.monotonic() - changed_at
         assert expected in thread[-1].text, f"reply {number}: {thread[-1].text!r}"
         assert took <= interval + SLACK, f"{expected!r} took {took:.1f} s"
@@ -149,7 +155,7 @@ def test_import_lifecycle_posts_each_transition_once_in_the_card_thread(
             now_edits = card_now(harness, card).edits
             return now_edits if now_edits > seen else None
 
-        edits = wait_for(edited, 1, description=f"the card edited after {expected!r}")
+        edits = wait_for(edited, PATIENCE, description=f"the card edited after {expected!r}")
         if number == 2:
             assert f"{token} (Queued)" in list_text(user)
         if number == 4:
@@ -203,7 +209,7 @@ def test_unwatch_stops_every_further_message(
     harness.sim.add_import(token, status="Queued", ValidationSuccessful=1000)
     card = watch(harness, user, token)
     harness.sim.update(token, Status="Processing")
-    wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
+    wait_replies(harness, card, 1)
 
     assert f"Stopped watching import {token}" in ack_text(user, f"unwatch {token}")
     wait_card_text(harness, card, "No longer watching")
@@ -307,7 +313,7 @@ def test_two_channels_share_one_status_call_per_cycle_and_both_hear_the_transiti
 
     harness.sim.update(token, Status="Completed", Processed=1000)
     for card in (first, second):
-        (reply,) = wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
+        (reply,) = wait_replies(harness, card, 1)
         assert "Completed" in reply.text and reply.reply_broadcast
     time.sleep(ACTIVE_INTERVAL)
     assert len(replies(harness, first)) == len(replies(harness, second)) == 1
@@ -321,12 +327,11 @@ def test_expiry_warning_is_posted_once_and_broadcast(
         token, status="Processing", ValidationSuccessful=1000, expires=in_future(30 * 60)
     )
     card = watch(harness, user, token)
-    (warning,) = wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
+    (warning,) = wait_replies(harness, card, 1)
     assert ":warning: The access token expires in 29 min" in warning.text, warning.text
     assert warning.text.startswith(f"<@{place.user_id}>") and warning.reply_broadcast
 
-    polls = harness.sim.status_calls(token)
-    wait_for(lambda: harness.sim.status_calls(token) >= polls + 2, 5, description="2 more polls")
+    wait_polls(harness, token, 2)
     time.sleep(0.3)
     assert len(replies(harness, card)) == 1, [m.text for m in replies(harness, card)]
     warnings = [n for n in notifications(harness, place.channel) if n["kind"] == "expiry_warning"]
@@ -340,10 +345,10 @@ def test_token_expiring_unfinished_warns_then_expires_and_stops_polling(
     expires = in_future(4)
     harness.sim.add_import(token, status="Processing", ValidationSuccessful=1000, expires=expires)
     card = watch(harness, user, token)
-    (warning,) = wait_replies(harness, card, 1, timeout=ACTIVE_INTERVAL + SLACK)
+    (warning,) = wait_replies(harness, card, 1)
     assert ":warning: The access token expires" in warning.text and warning.reply_broadcast
 
-    expired = wait_replies(harness, card, 2, timeout=8)[1]
+    expired = wait_replies(harness, card, 2)[1]
     assert "The access token expired before the import finished" in expired.text
     assert "last status: :gear: Processing" in expired.text
     assert expired.text.startswith(f"<@{place.user_id}>") and expired.reply_broadcast
