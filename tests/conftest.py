@@ -6,10 +6,15 @@ a module-scoped fixture, such as the one bot a module's integration tests share,
 is made once. Modules are handed out in this order, so that what waits longest
 starts first and no long module is left to run alone at the end:
 
-1. modules with a test marked ``slow`` (10 s or more of wall time on a quiet
-   machine; mark a long test, or a whole module with ``pytestmark``),
-2. the rest of ``tests/integration``,
+1. modules marked ``slow``: a test of 10 s or more, or a module of 20 s or more
+   (wall time on a quiet machine), marked with ``pytest.mark.slow`` or ``pytestmark``;
+2. the rest of ``tests/integration``;
 3. the unit tests: many short modules that fill the gaps at the end.
+
+In the first two groups, a module of few tests goes before one of many. A worker
+is handed its next module while it still runs the last test of the current one
+(xdist needs the next test to know when to tear a module's fixtures down), so the
+long single tests had better start early, and with a short module behind them.
 
 Run one file without workers: ``.venv/bin/pytest -n0 tests/test_config.py``.
 """
@@ -32,12 +37,19 @@ def _rank(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the modules by rank; a module's tests keep their order, together."""
+    """Order the modules as above; a module's tests keep their order, together."""
     rank: dict[str, int] = {}
+    size: dict[str, int] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
         rank[module] = min(rank.get(module, 2), _rank(item))
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+        size[module] = size.get(module, 0) + 1
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        module = item.nodeid.split("::")[0]
+        return rank[module], size[module] if rank[module] < 2 else 0
+
+    items.sort(key=key)  # stable: file order otherwise
 
 
 def _admin_url() -> str:

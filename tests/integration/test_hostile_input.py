@@ -31,6 +31,9 @@ from bot.server import MAX_BODY_BYTES
 from bot.slack.render import USAGE_LINE
 from tests.integration.helpers import db_rows, final_reply, log_since
 
+# 30 s or so in all (150 commands of the property test, unreadable answers retried).
+pytestmark = pytest.mark.slow
+
 FORM = "application/x-www-form-urlencoded"
 PROPERTY_CHANNEL = "C0HOSTILE"  # nobody watches anything here
 MAX_EXAMPLES = 150
