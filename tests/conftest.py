@@ -11,10 +11,11 @@ starts first and no long module is left to run alone at the end:
 2. the rest of ``tests/integration``;
 3. the unit tests: many short modules that fill the gaps at the end.
 
-In the first two groups, a module of few tests goes before one of many. A worker
+In the first two groups, a module of few tests goes before one of many: a worker
 is handed its next module while it still runs the last test of the current one
 (xdist needs the next test to know when to tear a module's fixtures down), so the
-long single tests had better start early, and with a short module behind them.
+long single tests had better start early, with a short module queued behind them.
+Among the unit tests, big modules go first and the small ones fill the gaps.
 
 Run one file without workers: ``.venv/bin/pytest -n0 tests/test_config.py``.
 """
@@ -47,7 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     def key(item: pytest.Item) -> tuple[int, int]:
         module = item.nodeid.split("::")[0]
-        return rank[module], size[module] if rank[module] < 2 else 0
+        return rank[module], size[module] if rank[module] < 2 else -size[module]
 
     items.sort(key=key)  # stable: file order otherwise
 
