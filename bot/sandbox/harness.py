@@ -275,8 +275,9 @@ class Harness:
             bot.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         for bot in running:
+            assert bot.process is not None
             try:
-                bot.terminate(timeout=max(0.1, deadline - time.monotonic()))
+                bot.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 bot.kill()
         self.sim_server.stop()

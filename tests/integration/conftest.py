@@ -13,14 +13,19 @@ A module tunes them with module-level settings:
 
 Tests of one module share that bot, so each uses its own access tokens and channels
 (the ``place`` fixture hands them out). After each test, faults injected into the
-module's simulator and errors injected into its emulator are cleared.
+module's simulator and errors injected into its emulator are cleared. A test that
+needs a bot with other settings starts one on the module's harness, e.g.
+``harness.start_bot(LOOKUP_BUDGET_SECONDS=20)``; the harness stops it at the end.
 
-A test that starts, kills or restarts bots of its own, or needs other settings for
-the simulator, takes ``fresh_harness`` instead: a harness of its own, torn down after
-the test. A module whose tests all need that overrides ``harness`` with it.
+A test that kills or restarts bots, or needs a simulator and a database of its own,
+takes ``fresh_harness`` instead: a harness of its own, torn down after the test.
+A module whose tests all need that overrides ``harness`` with it (test_restart.py).
 
-A module runs whole on one xdist worker, so its fixtures are made once per run
-(tests/conftest.py). Helpers to read back what the bot did are in ``helpers.py``.
+A module runs whole on one xdist worker, so its fixtures are made once per run;
+mark a long test or module ``slow`` so that it starts first (tests/conftest.py).
+Helpers to read back what the bot did, and to wait for it, are in ``helpers.py``:
+wait for a condition with ``PATIENCE``; assert a bound on time only where time is
+the point of the test, with room for a busy machine.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from bot.sandbox.slack_emulator import (
 )
 from bot.server import MAX_BODY_BYTES
 from bot.slack.render import USAGE_LINE
-from tests.integration.helpers import db_rows, final_reply, log_since
+from tests.integration.helpers import PATIENCE, db_rows, final_reply, log_since
 
 # 30 s or so in all (150 commands of the property test, unreadable answers retried).
 pytestmark = pytest.mark.slow
@@ -456,17 +456,17 @@ def test_a_hostile_name_arriving_in_a_later_poll_keeps_the_card_working(
     with harness.user(bot, channel_id=channel) as person:
         result = person.command(f"watch {token}")
         assert f"Watching import {token}" in message_text(result.ack_body)
-        card = emulator.wait_for_message(channel, "Harmless at first", timeout=10)
+        card = emulator.wait_for_message(channel, "Harmless at first", timeout=PATIENCE)
         sim.update(token, Name=HOSTILE_NAME + " " + "\U0001f600" * 200, Processed=30)
 
         def edited() -> str | None:
             text = message_text(emulator.message(channel, card.ts) or {})
             return text if "&lt;!channel&gt;" in text else None
 
-        text = wait_for(edited, timeout=15, description="the card edited with the new name")
+        text = wait_for(edited, timeout=PATIENCE, description="the card edited with the new name")
         assert_no_injected_markup(text)
         sim.update(token, Status="Completed", Processed=100)
-        final = emulator.wait_for_message(channel, "finished", timeout=15)
+        final = emulator.wait_for_message(channel, "finished", timeout=PATIENCE)
         assert_no_injected_markup(message_text(final))
         assert "&lt;!channel&gt;" in message_text(final)
     # Slack accepted every card edit and every post: nothing the bot sent was refused.

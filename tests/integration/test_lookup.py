@@ -21,7 +21,7 @@ from bot.sandbox.harness import Harness
 from bot.sandbox.mypreferences_simulator import oauth_token_url
 from bot.sandbox.slack_emulator import CommandResult, SlackUser, message_text
 from bot.slack.render import USAGE_LINE
-from tests.integration.helpers import db_rows, final_reply, status_calls_since
+from tests.integration.helpers import PATIENCE, db_rows, final_reply, status_calls_since
 
 # Short limits keep the error paths quick: every attempt is cut after 3 s and a
 # lookup gives up after 5 s. They are not shorter because the machine may be busy:
@@ -40,7 +40,9 @@ def visible(message: Any) -> str:
     return message_text(message).replace(ZWJ, "")
 
 
-def final_answer(user: SlackUser, result: CommandResult, timeout: float = 10) -> dict[str, Any]:
+def final_answer(
+    user: SlackUser, result: CommandResult, timeout: float = PATIENCE
+) -> dict[str, Any]:
     """The answer the user ends up with: the ack itself, or the respond() after "Looking up…"."""
     assert result.status_code == 200
     assert result.ack_seconds < 3, f"ack took {result.ack_seconds:.2f} s"
@@ -204,7 +206,7 @@ def test_ack_stays_fast_when_the_api_takes_ten_seconds(harness: Harness) -> None
         assert result.ack_seconds < 3
         assert result.ack_body["text"] == "Looking up import 5007…"
         assert result.ack_body["response_type"] == "ephemeral"
-        answer = someone.wait_response(result, timeout=15)
+        answer = someone.wait_response(result, timeout=PATIENCE)
 
     shown = visible(answer)
     assert "Patience" in shown and ":gear: Processing" in shown and "10,000" in shown

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
+from tests.integration.helpers import PATIENCE
 
 CHANNEL = "C0OPS"
 
@@ -41,7 +42,7 @@ def test_healthz_reports_the_database_and_the_watchers_last_tick(bot: BotProcess
         answer = healthz(bot)
         return answer if isinstance(answer.json().get("watcher"), dict) else None
 
-    answer = wait_for(ticked, timeout=10, description="a finished watcher tick")
+    answer = wait_for(ticked, timeout=PATIENCE, description="a finished watcher tick")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/json"
     assert len(answer.content) < 1024, "a health answer is small"
@@ -74,7 +75,7 @@ def test_healthz_answers_503_with_the_reason_while_the_database_is_unusable(
         blocker.execute("ROLLBACK")
         blocker.close()
     # Once the database is usable again, so is the bot.
-    answer = wait_for(lambda: healthy(bot), timeout=15, description="200 once unlocked")
+    answer = wait_for(lambda: healthy(bot), timeout=PATIENCE, description="200 once unlocked")
     assert answer.json()["database"] == "ok"
 
 
@@ -103,7 +104,7 @@ def test_healthz_answers_503_when_postgresql_refuses_connections(
             assert body["database"] == "unreachable"
             assert "database: OperationalError" in body["problems"]
             admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        answer = wait_for(lambda: healthy(bot), timeout=15, description="200 once reopened")
+        answer = wait_for(lambda: healthy(bot), timeout=PATIENCE, description="200 once reopened")
         assert answer.json()["database"] == "ok"
     finally:
         bot.terminate()
@@ -144,7 +145,7 @@ def test_metrics_follow_a_watch_story(harness: Harness, bot: BotProcess, user: S
     sim.add_import(token, name="Metrics story", status="Staging", ValidationSuccessful=1_000)
     result = user.command(f"watch {token}")
     assert f"Watching import {token}" in message_text(result.ack_body)
-    card = emulator.wait_for_message(CHANNEL, "Metrics story", timeout=10)
+    card = emulator.wait_for_message(CHANNEL, "Metrics story", timeout=PATIENCE)
     before = metrics(bot)
     assert watched(before) == {"Staging": 1.0}
     transitions_sent = total(
@@ -156,7 +157,7 @@ def test_metrics_follow_a_watch_story(harness: Harness, bot: BotProcess, user: S
         lambda: next(
             (m for m in emulator.thread(CHANNEL, card.ts) if "Processing" in m.text), None
         ),
-        timeout=15,
+        timeout=PATIENCE,
         description="the transition posted in the thread",
     )
     assert "Staging" in reply.text
@@ -164,7 +165,7 @@ def test_metrics_follow_a_watch_story(harness: Harness, bot: BotProcess, user: S
     ticks = total(metrics(bot), "import_status_tick_seconds_count")
     wait_for(
         lambda: total(metrics(bot), "import_status_tick_seconds_count") > ticks + 2,
-        timeout=10,
+        timeout=PATIENCE,
         description="more watcher ticks",
     )
     after = metrics(bot)
@@ -185,8 +186,8 @@ def test_metrics_follow_a_watch_story(harness: Harness, bot: BotProcess, user: S
 
     # Completed: the final message goes out, the watch ends, the gauge forgets the import.
     sim.update(token, Status="Completed", Processed=1_000)
-    emulator.wait_for_message(CHANNEL, "finished", timeout=15)
-    wait_for(lambda: watched(metrics(bot)) == {}, timeout=10, description="no watched import")
+    emulator.wait_for_message(CHANNEL, "finished", timeout=PATIENCE)
+    wait_for(lambda: watched(metrics(bot)) == {}, timeout=PATIENCE, description="no watched import")
     final = metrics(bot)
     assert (
         total(final, "import_status_notifications_total", kind="transition", outcome="sent")
@@ -203,7 +204,7 @@ def test_every_log_line_is_json_and_watch_lines_carry_token_team_and_channel(
     token = 63_002
     harness.sim.add_import(token, name="Log story", status="Processing")
     assert f"Watching import {token}" in message_text(user.command(f"watch {token}").ack_body)
-    harness.emulator.wait_for_message(CHANNEL, "Log story", timeout=10)
+    harness.emulator.wait_for_message(CHANNEL, "Log story", timeout=PATIENCE)
     harness.sim.inject_fault(503, token=token)  # one failed poll: a warning line
 
     def records() -> list[dict[str, Any]]:
@@ -215,10 +216,12 @@ def test_every_log_line_is_json_and_watch_lines_carry_token_team_and_channel(
         found = any(r["message"].startswith(message) and r.get("token") == token for r in records())
         return records() if found else None
 
-    wait_for(lambda: logged("poll failed"), timeout=10, description="a failed poll logged")
+    wait_for(lambda: logged("poll failed"), timeout=PATIENCE, description="a failed poll logged")
     harness.sim.update(token, Status="Completed")
 
-    lines = wait_for(lambda: logged("notification sent"), timeout=15, description="a sent line")
+    lines = wait_for(
+        lambda: logged("notification sent"), timeout=PATIENCE, description="a sent line"
+    )
     for record in lines:
         assert {"time", "level", "logger", "message"} <= set(record), record
         assert record["level"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}

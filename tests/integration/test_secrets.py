@@ -18,7 +18,7 @@ import pytest
 from bot.sandbox.harness import Harness
 from bot.sandbox.mypreferences_simulator import oauth_token_url
 from bot.sandbox.slack_emulator import SlackUser, message_text, sign_request, slash_command_body
-from tests.integration.helpers import final_reply
+from tests.integration.helpers import PATIENCE, final_reply
 
 RUN = secrets.token_hex(4)
 BOT_TOKEN = f"xoxb-LEAKCHECK-bot-{RUN}"
@@ -59,10 +59,10 @@ def _exercise(harness: Harness, user: SlackUser, token: int, channel: str) -> li
     assert "Usage" in pasted and SIGNING_SECRET not in pasted
     # A watch, a transition posted in the thread, a Slack failure on the way.
     assert "Watching import" in _answer(user, f"watch {token}", channel_id=channel)
-    card = emulator.wait_for_message(channel, "Leak check", timeout=10)
+    card = emulator.wait_for_message(channel, "Leak check", timeout=PATIENCE)
     emulator.inject_error("chat.postMessage", "internal_error", channel=channel, times=1)
     sim.update(token, Status="Processing", ValidationSuccessful=10, Processed=5)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + PATIENCE
     while not emulator.thread(channel, card.ts) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert emulator.thread(channel, card.ts), "the transition was never posted"
