@@ -17,7 +17,10 @@ is handed its next module while it still runs the last test of the current one
 long single tests had better start early, with a short module queued behind them.
 Among the unit tests, big modules go first and the small ones fill the gaps.
 
-Run one file without workers: ``.venv/bin/pytest -n0 tests/test_config.py``.
+How many workers (``-n auto`` in pyproject.toml): WORKERS for the whole suite or
+a folder, one per file for a few files, none for a single file (it runs in this
+process: no workers to start, and a debugger works). ``-n N`` on the command line,
+or PYTEST_XDIST_AUTO_NUM_WORKERS, decides otherwise.
 """
 
 from __future__ import annotations
@@ -25,10 +28,23 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Measured on this project's 2-core machine, busy with other work: most tests wait on
+# processes, sockets and clocks, so more workers than cores pay, up to about this.
+WORKERS = 6
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    files = {arg.split("::")[0] for arg in config.args}
+    if files and all(Path(config.invocation_params.dir, f).is_file() for f in files):
+        return 0 if len(files) == 1 else min(WORKERS, len(files))
+    return WORKERS
 
 
 def _rank(item: pytest.Item) -> int:
