@@ -1194,7 +1194,9 @@ class SlackUser:
         self.team_id = team_id
         self.channel_id = channel_id
         self.user_id = user_id
-        self._http = httpx.Client(timeout=30)
+        # Idle connections are dropped well before the bot's server drops them (uvicorn:
+        # after 5 s): reusing one just as the server closes it fails with a reset.
+        self._http = httpx.Client(timeout=30, limits=httpx.Limits(keepalive_expiry=1.0))
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -212,7 +212,8 @@ def test_a_retried_watch_delivery_subscribes_and_posts_once(
         )
         first = user.send(body, "application/x-www-form-urlencoded", response_url)
         assert first.status_code == 200
-        assert f"Watching import {token}" in message_text(first.ack_body)
+        assert f"Watching import {token}" in message_text(final_reply(user, first))
+        answered = len(emulator.responses(response_url))  # 1 if the answer came late
         emulator.wait_for_message(channel, "Retry check", timeout=PATIENCE)
         calls_after_first = harness.sim.status_calls(token)
         offset = len(bot.log_text())
@@ -229,7 +230,7 @@ def test_a_retried_watch_delivery_subscribes_and_posts_once(
     assert len(emulator.messages(channel)) == 1, "a second card was posted"
     assert len(subscriptions(harness, channel_id=channel)) == 1
     assert harness.sim.status_calls(token) == calls_after_first == 1
-    assert emulator.responses(response_url) == []  # nothing answered later either
+    assert len(emulator.responses(response_url)) == answered  # nothing answered later either
     assert "ignored a retried delivery (http_timeout)" in log_since(bot, offset)
 
 

@@ -455,7 +455,7 @@ def test_a_hostile_name_arriving_in_a_later_poll_keeps_the_card_working(
     sim.add_import(token, name="Harmless at first", status="Processing", ValidationSuccessful=100)
     with harness.user(bot, channel_id=channel) as person:
         result = person.command(f"watch {token}")
-        assert f"Watching import {token}" in message_text(result.ack_body)
+        assert f"Watching import {token}" in message_text(final_reply(person, result))
         card = emulator.wait_for_message(channel, "Harmless at first", timeout=PATIENCE)
         sim.update(token, Name=HOSTILE_NAME + " " + "\U0001f600" * 200, Processed=30)
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
-from tests.integration.helpers import PATIENCE
+from tests.integration.helpers import PATIENCE, final_reply
 
 CHANNEL = "C0OPS"
 
@@ -144,7 +144,7 @@ def test_metrics_follow_a_watch_story(harness: Harness, bot: BotProcess, user: S
     sim, emulator = harness.sim, harness.emulator
     sim.add_import(token, name="Metrics story", status="Staging", ValidationSuccessful=1_000)
     result = user.command(f"watch {token}")
-    assert f"Watching import {token}" in message_text(result.ack_body)
+    assert f"Watching import {token}" in message_text(final_reply(user, result))
     card = emulator.wait_for_message(CHANNEL, "Metrics story", timeout=PATIENCE)
     before = metrics(bot)
     assert watched(before) == {"Staging": 1.0}
@@ -203,7 +203,9 @@ def test_every_log_line_is_json_and_watch_lines_carry_token_team_and_channel(
 ) -> None:
     token = 63_002
     harness.sim.add_import(token, name="Log story", status="Processing")
-    assert f"Watching import {token}" in message_text(user.command(f"watch {token}").ack_body)
+    assert f"Watching import {token}" in message_text(
+        final_reply(user, user.command(f"watch {token}"))
+    )
     harness.emulator.wait_for_message(CHANNEL, "Log story", timeout=PATIENCE)
     harness.sim.inject_fault(503, token=token)  # one failed poll: a warning line
 

@@ -19,6 +19,7 @@ import pytest
 from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
 from bot.sandbox.slack_emulator import SlackUser, sign_request, slash_command_body
 from bot.server import MAX_BODY_BYTES
+from tests.integration.helpers import final_reply
 
 TOKEN = 4242
 FORM = "application/x-www-form-urlencoded"
@@ -59,7 +60,7 @@ def test_a_correctly_signed_command_reaches_the_api(harness: Harness, user: Slac
     result = user.command(str(TOKEN))
 
     assert result.status_code == 200
-    assert "Guarded import" in json.dumps(result.ack_body)
+    assert "Guarded import" in json.dumps(final_reply(user, result))
     assert harness.sim.status_calls() == calls + 1
 
 

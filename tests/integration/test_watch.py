@@ -260,10 +260,10 @@ def test_watch_refresh_and_stop_buttons_do_what_they_say(
 ) -> None:
     token = place.token
     harness.sim.add_import(token, name="Button list", status="Staging")
-    lookup = user.command(str(token))
+    lookup = final_reply(user, user.command(str(token)))
     buttons = [
         element["action_id"]
-        for block in lookup.ack_body["blocks"]
+        for block in lookup["blocks"]
         if block["type"] == "actions"
         for element in block["elements"]
     ]
@@ -272,7 +272,7 @@ def test_watch_refresh_and_stop_buttons_do_what_they_say(
     # Watch, from the private status message.
     click = user.click(render.ACTION_WATCH, str(token), "1790000000.000001", is_ephemeral=True)
     assert click.status_code == 200 and click.ack_seconds < 3
-    assert f"Watching import {token}" in message_text(user.wait_response(click))
+    assert f"Watching import {token}" in message_text(user.wait_response(click, PATIENCE))
     card = wait_card(harness, place.channel)
     assert "Button list" in message_text(card)
     assert f"{token} (Staging)" in list_text(user)
@@ -280,7 +280,7 @@ def test_watch_refresh_and_stop_buttons_do_what_they_say(
     # Refresh, on the card: a private, fresh answer; the card stays the watcher's.
     harness.sim.update(token, Status="Queued")
     click = user.click(render.ACTION_REFRESH, str(token), card.ts)
-    fresh = user.wait_response(click)
+    fresh = user.wait_response(click, PATIENCE)
     assert ":hourglass_flowing_sand: Queued" in message_text(fresh)
     assert "Stop watching" in message_text(fresh), "the channel watches it: offer to stop"
     assert not fresh.get("replace_original")
@@ -288,7 +288,7 @@ def test_watch_refresh_and_stop_buttons_do_what_they_say(
 
     # Stop watching, on the card.
     click = user.click(render.ACTION_UNWATCH, str(token), card.ts)
-    assert f"Stopped watching import {token}" in message_text(user.wait_response(click))
+    assert f"Stopped watching import {token}" in message_text(user.wait_response(click, PATIENCE))
     wait_card_text(harness, card, "No longer watching")
     assert "not watching any import" in list_text(user)
     (subscription,) = subscriptions(harness, place.channel)
