@@ -19,8 +19,8 @@ Among the unit tests, big modules go first and the small ones fill the gaps.
 
 How many workers (``-n auto`` in pyproject.toml): WORKERS for the whole suite or
 a folder, one per file for a few files, none for a single file (it runs in this
-process: no workers to start, and a debugger works). ``-n N`` on the command line,
-or PYTEST_XDIST_AUTO_NUM_WORKERS, decides otherwise.
+process: no workers to start, and a debugger works). ``-n N`` on the command line
+(``-n0``: none), or PYTEST_XDIST_AUTO_NUM_WORKERS, decides otherwise.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-# Measured on this project's 2-core machine, busy with other work: most tests wait on
-# processes, sockets and clocks, so more workers than cores pay, up to about this.
+# Most tests wait on processes, sockets and clocks, so more workers than cores pay:
+# of 4, 6 and 8 on this project's 2-core machine (busy with other work), 6 did best.
 WORKERS = 6
 
 
