@@ -22,7 +22,18 @@ class ServerThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        # Stopping does not wait for answers still in flight (a simulated 10 s delay, say):
+        # whoever asked has gone by then, and a test's teardown would wait it out.
+        # Idle connections are kept longer than clients keep them (httpx: 5 s), as real
+        # servers do: a client reusing one just as the server closed it would see a reset.
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True

@@ -383,6 +383,15 @@ class Simulator:
         with self._lock:
             self._faults.clear()
 
+    def pending_faults(self, token: int | None = None) -> int:
+        """Faults not used up yet (aimed at ``token``, or all of them).
+
+        A request takes its fault when it arrives, so a test can see a delayed
+        request arrive: its one-time fault is gone while the answer still waits.
+        """
+        with self._lock:
+            return sum(1 for f in self._faults if token is None or f.token == token)
+
     def _take_fault(self, token: int | None, kind: str = _STATUS) -> _Fault | None:
         """Consume one use of the first fault matching ``token`` and ``kind``, if any."""
         # The common case, checked without the lock: a fault injected at this very

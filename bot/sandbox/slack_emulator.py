@@ -580,6 +580,7 @@ class SlackEmulator:
         self._channel_errors: dict[str, str] = {}
         self._errors: list[_InjectedError] = []
         self._latency: dict[str, float] = {}
+        self._held: dict[str, int] = {}  # calls that arrived and wait out their latency
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._revoked.clear()
         self._channels: dict[str, Channel] = {}
@@ -785,6 +786,11 @@ class SlackEmulator:
                 self._latency[method] = seconds
             else:
                 self._latency.pop(method, None)
+
+    def held(self, method: str) -> int:
+        """Calls of ``method`` that have arrived and are waiting out ``set_latency``."""
+        with self._lock:
+            return self._held.get(method, 0)
 
     def reset(self) -> None:
         """Forget messages, channels, requests, responses and injected failures; revoked
@@ -1291,8 +1297,14 @@ class SlackEmulator:
                     params["blocks"] = json.loads(params["blocks"])
         with self._lock:
             delay = self._latency.get(method, self._latency.get("*", 0.0))
+            if delay:
+                self._held[method] = self._held.get(method, 0) + 1
         if delay:
-            await asyncio.sleep(delay)  # outside the lock: other calls go on meanwhile
+            try:
+                await asyncio.sleep(delay)  # outside the lock: other calls go on meanwhile
+            finally:
+                with self._lock:
+                    self._held[method] = max(0, self._held.get(method, 0) - 1)
         with self._lock:
             outcome = self._call(method, token, params, arrived)
         return JSONResponse(outcome.body, outcome.status_code, outcome.headers)
@@ -1431,7 +1443,9 @@ class SlackUser:
         self.team_id = team_id
         self.channel_id = channel_id
         self.user_id = user_id
-        self._http = httpx.Client(timeout=30)
+        # Idle connections are dropped well before the bot's server drops them (uvicorn:
+        # after 5 s): reusing one just as the server closes it fails with a reset.
+        self._http = httpx.Client(timeout=30, limits=httpx.Limits(keepalive_expiry=1.0))
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

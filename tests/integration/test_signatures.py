@@ -19,27 +19,18 @@ import pytest
 from bot.sandbox.harness import SIGNING_SECRET, BotProcess, Harness
 from bot.sandbox.slack_emulator import SlackUser, sign_request, slash_command_body
 from bot.server import MAX_BODY_BYTES
+from tests.integration.helpers import final_reply
 
 TOKEN = 4242
 FORM = "application/x-www-form-urlencoded"
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(tmp_path_factory.mktemp("signatures"), env={"LOOKUP_RATE_LIMIT": "100000"}) as h:
-        h.sim.add_import(TOKEN, name="Guarded import", status="Processing")
-        yield h
+HARNESS_ENV = {"LOOKUP_RATE_LIMIT": "100000"}
 
 
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot()
-
-
-@pytest.fixture(scope="module")
-def user(harness: Harness, bot: BotProcess) -> Iterator[SlackUser]:
-    with harness.user(bot) as slack_user:
-        yield slack_user
+@pytest.fixture(scope="module", autouse=True)
+def _guarded_import(harness: Harness) -> None:
+    harness.sim.add_import(TOKEN, name="Guarded import", status="Processing")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +60,7 @@ def test_a_correctly_signed_command_reaches_the_api(harness: Harness, user: Slac
     result = user.command(str(TOKEN))
 
     assert result.status_code == 200
-    assert "Guarded import" in json.dumps(result.ack_body)
+    assert "Guarded import" in json.dumps(final_reply(user, result))
     assert harness.sim.status_calls() == calls + 1
 
 

@@ -2,6 +2,7 @@
 
 from bot.sandbox.harness import Harness
 from bot.sandbox.slack_emulator import SlackUser, message_text
+from tests.integration.helpers import final_reply
 
 
 def test_lookup_over_real_http_shows_name_status_and_counts(
@@ -17,5 +18,5 @@ def test_lookup_over_real_http_shows_name_status_and_counts(
     result = user.command("4242")
     assert result.status_code == 200
     assert result.ack_seconds < 3
-    text = message_text(result.ack_body)
+    text = message_text(final_reply(user, result))
     assert "Spring list" in text and "Processing" in text and "1,234,567" in text

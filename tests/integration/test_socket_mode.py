@@ -9,6 +9,7 @@ import httpx
 
 from bot.sandbox.harness import Harness
 from bot.sandbox.slack_emulator import wait_for
+from tests.integration.helpers import PATIENCE
 
 
 def test_socket_mode_serves_health_and_metrics_and_reports_a_disconnected_socket(
@@ -18,7 +19,7 @@ def test_socket_mode_serves_health_and_metrics_and_reports_a_disconnected_socket
 
     health = wait_for(
         lambda: (r := httpx.get(bot.url + "/healthz", timeout=3)).status_code == 503 and r,
-        timeout=10,
+        timeout=PATIENCE,
         description="/healthz to report the socket",
     )
     body = health.json()
@@ -28,6 +29,6 @@ def test_socket_mode_serves_health_and_metrics_and_reports_a_disconnected_socket
     # No request URL in Socket Mode: Slack's HTTP route is not served.
     assert httpx.post(bot.url + "/slack/events", content=b"x", timeout=3).status_code == 404
     # slack-sdk keeps retrying apps.connections.open and logs why it failed.
-    wait_for(lambda: "apps.connections.open" in bot.log_text(), timeout=10)
+    wait_for(lambda: "apps.connections.open" in bot.log_text(), timeout=PATIENCE)
     assert bot.running()
     assert "xapp-1-A0001-test-token" not in bot.log_text()

@@ -229,18 +229,19 @@ def test_odd_field_values_and_extra_fields_pass_through_unchanged(
 
 
 def test_scripted_steps_apply_when_their_time_comes(sim: Simulator, http: httpx.Client) -> None:
+    # Seconds apart, so that a busy machine cannot skip a step between two requests.
     sim.add_import(
         11,
         script=[
-            Step(0.4, {"Status": "Completed", "Processed": 100}),
-            Step(0.2, {"Status": "Processing", "Processed": 40}),
+            Step(3.0, {"Status": "Completed", "Processed": 100}),
+            Step(1.0, {"Status": "Processing", "Processed": 40}),
         ],
     )
     assert http.get(status_path(11), headers=AUTH).json()["Status"] == "Initiated"
-    time.sleep(0.25)
+    time.sleep(1.5)
     body = http.get(status_path(11), headers=AUTH).json()
     assert (body["Status"], body["Processed"]) == ("Processing", 40)
-    time.sleep(0.2)
+    time.sleep(2.0)
     body = http.get(status_path(11), headers=AUTH).json()
     assert (body["Status"], body["Processed"]) == ("Completed", 100)
 
@@ -571,11 +572,11 @@ def test_revoked_oauth_tokens_get_401_and_a_new_token_works(
 
 
 def test_oauth_token_stops_working_after_its_lifetime(http: httpx.Client, sim: Simulator) -> None:
-    sim.oauth_token_lifetime = 0.2
+    sim.oauth_token_lifetime = 1.0  # used at once, even on a busy machine
     sim.add_import(1)
     bearer = _bearer(http)
     assert http.get(status_path(1), headers=bearer).status_code == 200
-    time.sleep(0.25)
+    time.sleep(1.1)
     assert http.get(status_path(1), headers=bearer).status_code == 401
 
 
@@ -616,14 +617,14 @@ def test_calls_are_recorded_and_counted_per_token(sim: Simulator, http: httpx.Cl
 
 def test_response_delay_slows_every_status_answer(sim: Simulator, http: httpx.Client) -> None:
     sim.add_import(1)
-    sim.set_response_delay(0.2)
+    sim.set_response_delay(1.0)  # long enough that a busy machine cannot pass for it
     started = time.monotonic()
     assert http.get(status_path(1), headers=AUTH).status_code == 200
-    assert time.monotonic() - started >= 0.2
+    assert time.monotonic() - started >= 1.0
     sim.set_response_delay(0)
     started = time.monotonic()
     http.get(status_path(1), headers=AUTH)
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 1.0
 
 
 def test_concurrent_requests_while_the_test_thread_mutates(
@@ -657,7 +658,7 @@ def test_control_endpoints_drive_imports(sim: Simulator, http: httpx.Client) -> 
             "Name": "Driven",
             "Status": "Staging",
             "Pending": 4,
-            "script": [{"after": 0.2, "changes": {"Status": "Completed"}}],
+            "script": [{"after": 1.0, "changes": {"Status": "Completed"}}],
         },
     )
     assert created.status_code == 201
@@ -666,7 +667,7 @@ def test_control_endpoints_drive_imports(sim: Simulator, http: httpx.Client) -> 
     patched = http.patch("_sim/imports/77", json={"Processed": 9})
     assert patched.json()["Processed"] == 9
     assert http.get("_sim/imports/77").json()["Processed"] == 9
-    time.sleep(0.25)
+    time.sleep(1.1)
     assert http.get(status_path(77), headers=AUTH).json()["Status"] == "Completed"
     assert http.delete("_sim/imports/77").status_code == 204
     assert http.get(status_path(77), headers=AUTH).status_code == 401

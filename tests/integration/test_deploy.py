@@ -31,7 +31,7 @@ import pytest
 
 from bot.sandbox.harness import Harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
