@@ -260,10 +260,10 @@ def test_ack_stays_fast_when_the_api_takes_ten_seconds(harness: Harness) -> None
         ("1" * 30, "That access token is too long to be real"),
         ("12 34", "I did not understand that"),
         ("watch abc", "An access token is a whole number"),
-        ("subscribe", "`subscribe` needs exactly one access token"),
+        ("subscribe", "`subscribe` needs an access token, or up to 20"),
         ("unwatch 0", "An access token is a positive number"),
         ("list everything", "`list` takes no arguments"),
-        ("x" * 201, "That text is too long"),
+        ("x" * 501, "That text is too long"),
     ],
 )
 def test_invalid_text_gets_an_explanation_and_usage_without_calling_the_api(
