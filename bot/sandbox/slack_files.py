@@ -267,6 +267,8 @@ class SlackFiles:
         if len(users) != 1:
             raise _ApiError("not_implemented" if users else "users_list_not_supplied")
         user = users[0]
-        channel = "D" + (user[1:] if user[:1] in ("U", "W") else user)
+        # The emulator's own conversations.open makes the DM a conversation it knows,
+        # with the bot in it: the strict membership check then lets the bot post there.
+        opened = self.emulator._conversations_open(identity, {"users": user})
         self.dms_opened.append(user)
-        return {"channel": {"id": channel, "is_im": True, "user": user}}
+        return {"channel": {**opened["channel"], "is_im": True, "user": user}}
