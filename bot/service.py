@@ -261,8 +261,6 @@ class ImportService:
                 team_id=team_id, channel_id=channel_id, user_id=user_id, access_token=token
             )
             (stopped if ended else missing).append(token)
-        if self.batch_cards is not None:
-            self.batch_cards.wake()  # a batch's card shows its stopped imports at once
         return stopped, missing
 
     async def unwatch(
@@ -284,7 +282,9 @@ class ImportService:
             "watch ended",
             extra={"team": team_id, "channel": channel_id, "token": access_token, "user": user_id},
         )
-        await self.cards.deliver_now(ended)
+        await self.cards.deliver_now(ended)  # a batch's import: its batch's loop edits the card
+        if self.batch_cards is not None:
+            self.batch_cards.wake()
         return True
 
     async def watches(self, team_id: str, channel_id: str) -> list[Watch]:
