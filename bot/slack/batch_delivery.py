@@ -219,7 +219,7 @@ class BatchDelivery:
                 return CardResult(CardOutcome.LATER, state.card_error)
             ts = await self._post_card(state, new=new)
         elif state.card_due and not _later(state.card_retry_at, now):
-            await self._edit_card(state, ts)
+            ts = await self._edit_card(state, ts)
         replied = await self._post_replies(state, ts, now)
         ending = state.active and replied and all(m.ended_reason for m in state.members)
         if ending:
@@ -232,7 +232,7 @@ class BatchDelivery:
                 summary=not summary.all_stopped,
             )
             log.info("batch ended", extra={"team": state.team_id, "channel": state.channel_id})
-        if ending or state.summary_state is not None:
+        if ending or state.summary_state == "pending":
             fresh = await asyncio.to_thread(self.batches.batch_state, state.batch_id)
             if fresh is not None:
                 await self._post_summary(fresh, ts)
@@ -268,7 +268,8 @@ class BatchDelivery:
         await asyncio.to_thread(self.batches.set_batch_card, state, ts)
         return ts
 
-    async def _edit_card(self, state: BatchState, ts: str) -> None:
+    async def _edit_card(self, state: BatchState, ts: str) -> str:
+        """Edit the card; a card that is gone is posted afresh. Returns the card's ts."""
         card = self._card(state)
         await self._held(state)
         try:
@@ -281,20 +282,18 @@ class BatchDelivery:
             )
         except SlackCallFailed as failed:
             if failed.error.fate is Fate.CARD_GONE:
-                # Someone deleted the card: the batch goes on without one; its replies
-                # still land in the (now parentless) thread, as Slack allows.
                 log.info(
-                    "a batch's card is gone (%s); not editing it again",
+                    "a batch's card is gone (%s); posting a new one",
                     failed.detail,
                     extra={"channel": state.channel_id},
                 )
-                await asyncio.to_thread(self.batches.mark_batch_card_done, state)
-                return
+                return await self._post_card(state)
             result = await self._card_failed(state, failed, posting=False)
             if result.outcome is CardOutcome.REFUSED or failed.error.fate is Fate.RATE_LIMITED:
                 raise _Stop(result) from failed
-            return
+            return ts  # an edit that is backing off holds back no reply
         await asyncio.to_thread(self.batches.mark_batch_card_done, state)
+        return ts
 
     async def _post_replies(self, state: BatchState, ts: str, now: datetime) -> bool:
         """Each import's replies in order; True when none is left waiting."""

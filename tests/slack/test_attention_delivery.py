@@ -473,3 +473,27 @@ async def test_two_replicas_deliver_a_batch_once(world: World) -> None:
     assert len(replies) == 4, "three ends and one summary, each once"
     with world.store.engine.connect() as conn:
         assert conn.execute(select(ChannelPostRow)).all() == []
+
+
+async def test_a_deleted_batch_card_is_posted_afresh_and_the_thread_follows(
+    world: World,
+) -> None:
+    batch_id = make_batch(world, 1001, 1002)
+    await world.batches.deliver_new(batch_id)
+    first, _ = member_ids(world, batch_id)
+    world.slack.fail("chat.update", "message_not_found", times=1)
+    end_member(world, first, transition(Status.FAILED), snapshot(Status.FAILED, token=1001))
+    await world.run()
+    cards = [p for p in world.posts_in("C1") if "thread_ts" not in p]
+    assert len(cards) == 2, "a new card replaces the deleted one"
+    state = world.store.batches.batch_state(batch_id)
+    assert state is not None and state.tracking_ts is not None
+    (reply,) = [p for p in world.posts_in("C1") if "thread_ts" in p]
+    assert reply["thread_ts"] == state.tracking_ts, "the reply hangs off the new card"
+    with world.store.engine.connect() as conn:
+        tss = set(
+            conn.execute(
+                select(SubscriptionRow.tracking_ts).where(SubscriptionRow.batch_id == batch_id)
+            ).scalars()
+        )
+    assert tss == {state.tracking_ts}
