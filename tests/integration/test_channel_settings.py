@@ -19,7 +19,7 @@ from bot.domain.settings import DEFAULTS, Broadcast, ChannelSettings, MentionKin
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
 from bot.sandbox.slack_views import StoredView, Submission, view_problems
-from bot.slack.render_settings import MENTION_GROUP_BLOCK, MENTION_USER_BLOCK
+from bot.slack.render_settings import MENTION_GROUP_BLOCK, MENTION_USER_BLOCK, modal_channel
 from bot.store import Store
 from bot.store.engine import make_engine
 from bot.store.tables import ChannelSettingsRow
@@ -85,14 +85,34 @@ def submit(user: SlackUser, view: StoredView, chosen: dict[str, object]) -> Subm
 
 
 def open_modal(harness: Harness, user: SlackUser) -> StoredView:
+    """``settings`` in the channel, and the modal it opens.
+
+    The bot opens the modal after it acknowledges the command, so the modal this
+    command opened is the one that was not open before and is for this channel: the
+    person may still have another test's modal open (under load, that one used to be
+    taken for the new one, and the test then changed the wrong channel's settings).
+    """
+    where = user.channel_id
+    before = {v.id for v in harness.emulator.views.modals(user.user_id)}
     shown = ack(user, "settings")
     assert "Import settings of this channel" in shown
 
     def modal() -> StoredView | None:
-        found = harness.emulator.views.modals(user.user_id)
-        return found[-1] if found else None
+        return next(
+            (
+                v
+                for v in harness.emulator.views.modals(user.user_id)
+                if v.id not in before
+                and modal_channel(v.view["private_metadata"])
+                == (
+                    "T0001",
+                    where,
+                )
+            ),
+            None,
+        )
 
-    view = wait_for(modal, 15, description="the settings modal")
+    view = wait_for(modal, 15, description=f"the settings modal of {where}")
     assert view_problems(view.view, "modal") == []
     return view
 
