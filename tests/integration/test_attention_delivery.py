@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -347,3 +348,28 @@ def test_the_settings_notice_waits_while_slack_has_the_channel_wait(
     assert [p.ok for p in ours] == [False, True]
     assert ours[1].at - ours[0].at >= 2.9, "not before Slack's Retry-After"
     assert "`finish` → `all`" in message_text(notice)
+
+
+def test_a_batch_survives_a_crash_and_two_replicas_post_each_message_once(
+    harness: Harness, bot: BotProcess, user: SlackUser, n: int
+) -> None:
+    a, b = 89000 + n * 10, 89001 + n * 10
+    channel = user.channel_id
+    harness.sim.add_import(a, name="West", status="Processing", ValidationSuccessful=10)
+    harness.sim.add_import(b, name="Down", status="Processing", ValidationSuccessful=10)
+    assert "as one batch" in ack(user, f"watch {a} {b}")
+    parent = card(harness, channel, "Batch of 2 imports")
+    bot.kill()  # SIGKILL: no goodbye
+    harness.restart(bot)
+    second = harness.start_bot(LOOKUP_RATE_LIMIT=1000)  # and another replica, same database
+    try:
+        harness.sim.update(a, Status="Completed", Processed=10)
+        harness.sim.update(b, Status="Failed")
+        reply_with(harness, channel, parent, "All 2 imports of this batch have ended")
+        time.sleep(2)  # room for a duplicate to show: many ticks of both replicas
+        texts = [message_text(m) for m in replies(harness, channel, parent)]
+        assert len(texts) == 3, texts  # two ends and the summary, each once
+        cards = [m for m in harness.emulator.messages(channel) if m.thread_ts is None]
+        assert len([m for m in cards if "Batch of 2 imports" in message_text(m)]) == 1
+    finally:
+        second.terminate()
