@@ -18,12 +18,16 @@ from sqlalchemy import text
 from bot.archive.archiver import Archiver
 from bot.archive.csvfile import sweep_stale
 from bot.config import Settings
+from bot.domain.settings import canonical_zone
 from bot.metrics import METRICS
 from bot.mypreferences.client import MyPreferencesClient
 from bot.mypreferences.pace import Pace
 from bot.service import ImportService
 from bot.slack.app import build_app
-from bot.slack.delivery import Delivery
+from bot.slack.batch_delivery import BatchDelivery
+from bot.slack.calls import SlackCalls
+from bot.slack.channel_posts import ChannelPostSender
+from bot.slack.delivery import MAX_LEASE_SECONDS, Delivery
 from bot.slack.digests import SlackDigestPoster
 from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
@@ -41,6 +45,17 @@ log = logging.getLogger(__name__)
 UNHEALTHY_AFTER_FAILED_TICKS = 2
 
 
+class _WakeAll:
+    """Wakes every delivery loop at once (the poller knows only ``wake()``)."""
+
+    def __init__(self, *loops: Delivery | BatchDelivery) -> None:
+        self.loops = loops
+
+    def wake(self) -> None:
+        for loop in self.loops:
+            loop.wake()
+
+
 class Runtime:
     """The bot, its watcher and their connections, for one process (one replica)."""
 
@@ -55,14 +70,42 @@ class Runtime:
             settings, max_connections=max(100, settings.poll_concurrency + 20)
         )
         self.slack = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+        calls = SlackCalls(self.slack)
+        permalinks = Permalinks(self.slack)
+        # Alerts, settings notices and notes: posts outside any card's thread.
+        self.posts = ChannelPostSender(
+            self.store.channel_posts,
+            self.store.outbox,
+            calls,
+            permalinks,
+            self.owner,
+            lease_seconds=min(settings.lease_seconds, MAX_LEASE_SECONDS),
+            idle_seconds=settings.tick_seconds,
+        )
         self.delivery = Delivery(
             self.store.outbox,
             self.slack,
             self.owner,
             lease_seconds=settings.lease_seconds,
             idle_seconds=settings.tick_seconds,
+            alerts=self.posts,
         )
-        self.poller = Poller(settings, self.store.polls, self.api, self.delivery, self.owner)
+        self.batch_delivery = BatchDelivery(
+            self.store.batches,
+            self.store.outbox,
+            calls,
+            self.owner,
+            alerts=self.posts,
+            lease_seconds=min(settings.lease_seconds, MAX_LEASE_SECONDS),
+            idle_seconds=settings.tick_seconds,
+        )
+        self.poller = Poller(
+            settings,
+            self.store.polls,
+            self.api,
+            _WakeAll(self.delivery, self.batch_delivery),
+            self.owner,
+        )
         # One polite pace per account for everything that pages through exceptions.
         self.pace = Pace(settings.exceptions_requests_per_second)
         self.archiver = Archiver(
@@ -77,7 +120,7 @@ class Runtime:
             self.store.channel_settings,
             self.store.history,
             self.store.digests,
-            SlackDigestPoster(self.slack, Permalinks(self.slack)),
+            SlackDigestPoster(calls, permalinks, self.store.outbox),
             self.owner,
             lease_seconds=settings.lease_seconds,
         )
@@ -89,7 +132,14 @@ class Runtime:
             archiver=self.archiver,
         )
         self.access = AccessControl(settings)
-        self.service = ImportService(settings, self.store.subscriptions, self.api, self.delivery)
+        self.service = ImportService(
+            settings,
+            self.store.subscriptions,
+            self.api,
+            self.delivery,
+            batches=self.store.batches,
+            batch_cards=self.batch_delivery,
+        )
         self.exceptions = ExceptionsRequests(
             settings,
             self.service,
@@ -107,7 +157,11 @@ class Runtime:
             channel_settings=self.store.channel_settings,
             history=self.store.history,
             exceptions=self.exceptions,
+            notices=self.posts,
         )
+        # The time-zone list is read from disk on first use: read it now, not inside the
+        # first request that names a zone (which must be acknowledged within 3 s).
+        canonical_zone("UTC")
         self.socket_handler: AsyncSocketModeHandler | None = None
         self._socket_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
@@ -122,6 +176,8 @@ class Runtime:
             log.info("removed %d stale exceptions archive folders", removed)
         self.jobs.start()
         self.delivery.start()
+        self.batch_delivery.start()
+        self.posts.start()
         if self.socket_mode:
             self.socket_handler = AsyncSocketModeHandler(
                 self.app, str(self.settings.slack_app_token)
@@ -158,6 +214,8 @@ class Runtime:
             await self.socket_handler.close_async()
         await self.jobs.stop(timeout=max(1.0, min(8.0, self.settings.lease_seconds)))
         await self.delivery.stop(timeout=2.0)
+        await self.batch_delivery.stop(timeout=2.0)
+        await self.posts.stop()
         await asyncio.to_thread(self.store.release_leases, self.owner)
         await self.api.aclose()
         self.engine.dispose()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
@@ -21,7 +22,9 @@ from bot.domain.expiry import warning_at
 from bot.domain.schedule import next_poll_at
 from bot.domain.status import ImportStatus
 from bot.mypreferences.client import MyPreferencesClient, RetryPolicy
-from bot.store.interface import SubscriptionStore
+from bot.mypreferences.errors import ApiError
+from bot.store.batches import NewMember
+from bot.store.interface import BatchStore, SubscriptionStore
 from bot.store.records import Watch
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,45 @@ class CardDelivery(Protocol):
         ...
 
 
+class BatchCardDelivery(Protocol):
+    """What the service asks of batch delivery (``bot.slack.batch_delivery.BatchDelivery``)."""
+
+    owner: str
+    lease_seconds: float
+
+    async def deliver_new(self, batch_id: int) -> CardResult:
+        """Post the card of a batch just made (and leased to ``owner``)."""
+        ...
+
+    def wake(self) -> None:
+        """Look for batches to bring up to date now."""
+        ...
+
+
+class BatchLookupFailed(Exception):
+    """One import of a batch could not be looked up: nothing was watched."""
+
+    def __init__(self, access_token: int, error: ApiError, failures: int = 1) -> None:
+        super().__init__(error.user_message)
+        #: The first import that could not be looked up, and why.
+        self.access_token = access_token
+        self.error = error
+        #: How many of the batch's imports could not be looked up.
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class BatchWatchOutcome:
+    """What became of ``watch TOKEN TOKEN ...``."""
+
+    result: WatchResult
+    statuses: tuple[ImportStatus, ...]
+    #: What became of the batch's card (STARTED and REFUSED only).
+    card: CardResult | None = None
+    #: ALREADY: the imports this channel watches already (nothing was made).
+    already: tuple[int, ...] = ()
+
+
 @dataclass(frozen=True)
 class WatchOutcome:
     result: WatchResult
@@ -83,12 +125,18 @@ class ImportService:
         api: MyPreferencesClient,
         cards: CardDelivery,
         clock: Clock = utcnow,
+        *,
+        batches: BatchStore | None = None,
+        batch_cards: BatchCardDelivery | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = subscriptions
         self.api = api
         #: Posts tracking cards now (delivery).
         self.cards = cards
+        #: Batches (``watch TOKEN TOKEN ...``): None where this process has none.
+        self.batches = batches
+        self.batch_cards = batch_cards
         self.clock = clock
         self.schedule = settings.schedule()
         self.retry = RetryPolicy(budget_seconds=settings.lookup_budget_seconds)
@@ -109,16 +157,7 @@ class ImportService:
         if status.status.is_terminal:
             return WatchOutcome(WatchResult.FINISHED, status)
         now = self.clock()
-        first_poll = next_poll_at(
-            now, status.status, 0, status.expires, self.schedule, random.random()
-        )
-        if (
-            status.expires is not None
-            and warning_at(status.expires, self.schedule.expiry_warning) <= now
-        ):
-            # Already inside the warning window (or past it): poll at once so the warning is not
-            # skipped by an idle interval that outlasts the token.
-            first_poll = now
+        first_poll = self._first_poll(status, now)
         subscribed = await asyncio.to_thread(
             self.subscriptions.subscribe,
             team_id=team_id,
@@ -145,6 +184,85 @@ class ImportService:
             log.info("the tracking card will follow (Slack said %s)", card.error, extra=where)
         return WatchOutcome(WatchResult.STARTED, status, card)
 
+    def _first_poll(self, status: ImportStatus, now: datetime) -> datetime:
+        first_poll = next_poll_at(
+            now, status.status, 0, status.expires, self.schedule, random.random()
+        )
+        if (
+            status.expires is not None
+            and warning_at(status.expires, self.schedule.expiry_warning) <= now
+        ):
+            # Already inside the warning window (or past it): poll at once so the warning is not
+            # skipped by an idle interval that outlasts the token.
+            first_poll = now
+        return first_poll
+
+    async def watch_batch(
+        self, *, team_id: str, channel_id: str, user_id: str, access_tokens: tuple[int, ...]
+    ) -> BatchWatchOutcome:
+        """Watch several imports in the channel as one batch: one card, one thread.
+
+        Every import is looked up first; if one cannot be, nothing is watched
+        (``BatchLookupFailed`` names it). Nothing is made when all have finished
+        already, when the channel watches one of them already, or when Slack
+        refuses the batch's card.
+        """
+        if self.batches is None or self.batch_cards is None:
+            raise RuntimeError("this process watches no batches")
+        found = await asyncio.gather(
+            *(self.lookup(token) for token in access_tokens), return_exceptions=True
+        )
+        errors = [
+            (token, answer)
+            for token, answer in zip(access_tokens, found, strict=True)
+            if isinstance(answer, BaseException)
+        ]
+        for _, error in errors:
+            if not isinstance(error, ApiError):
+                raise error
+        if errors:
+            token, error = errors[0]
+            assert isinstance(error, ApiError)
+            raise BatchLookupFailed(token, error, failures=len(errors))
+        statuses = tuple(a for a in found if isinstance(a, ImportStatus))
+        if all(s.status.is_terminal for s in statuses):
+            return BatchWatchOutcome(WatchResult.FINISHED, statuses)
+        now = self.clock()
+        created = await asyncio.to_thread(
+            self.batches.create,
+            team_id=team_id,
+            channel_id=channel_id,
+            client_id=self.settings.client_id,
+            members=[NewMember(s, self._first_poll(s, now)) for s in statuses],
+            user_id=user_id,
+            now=now,
+            lease_owner=self.batch_cards.owner,
+            lease_seconds=self.batch_cards.lease_seconds,
+        )
+        if created.batch_id is None:
+            return BatchWatchOutcome(WatchResult.ALREADY, statuses, already=created.already_watched)
+        where = {"team": team_id, "channel": channel_id, "user": user_id}
+        card = await self.batch_cards.deliver_new(created.batch_id)
+        if card.outcome is CardOutcome.REFUSED:
+            await asyncio.to_thread(self.batches.forget, created.batch_id)
+            log.info("batch watch refused: Slack said %s; nothing kept", card.error, extra=where)
+            return BatchWatchOutcome(WatchResult.REFUSED, statuses, card)
+        log.info("batch watch started (%d imports)", len(statuses), extra=where)
+        return BatchWatchOutcome(WatchResult.STARTED, statuses, card)
+
+    async def unwatch_many(
+        self, *, team_id: str, channel_id: str, user_id: str, access_tokens: tuple[int, ...]
+    ) -> tuple[list[int], list[int]]:
+        """End the channel's watch of each import: (stopped, not watched here)."""
+        stopped: list[int] = []
+        missing: list[int] = []
+        for token in access_tokens:
+            ended = await self.unwatch(
+                team_id=team_id, channel_id=channel_id, user_id=user_id, access_token=token
+            )
+            (stopped if ended else missing).append(token)
+        return stopped, missing
+
     async def unwatch(
         self, *, team_id: str, channel_id: str, user_id: str, access_token: int
     ) -> bool:
@@ -164,7 +282,9 @@ class ImportService:
             "watch ended",
             extra={"team": team_id, "channel": channel_id, "token": access_token, "user": user_id},
         )
-        await self.cards.deliver_now(ended)
+        await self.cards.deliver_now(ended)  # a batch's import: its batch's loop edits the card
+        if self.batch_cards is not None:
+            self.batch_cards.wake()
         return True
 
     async def watches(self, team_id: str, channel_id: str) -> list[Watch]:

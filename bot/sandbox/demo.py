@@ -5,10 +5,12 @@ local HTTP servers and the real bot as an ``import-status-bot serve`` process
 with a temporary SQLite database. A person then types real, signed slash
 commands; import 1001 is moved through every state upstream and import 1002
 is left to expire. Import 1001 ends with failures, so its exceptions are kept:
-a CSV in its card's thread, and privately on request. The terminal shows what
-the person and the channel see, as it appears. At the end the story is checked:
-every transition, milestone, warning and expiry message must have been posted
-exactly once, and the exceptions file too.
+a CSV in its card's thread, and privately on request. The channel has chosen an
+alert channel (``set alerts``): each failure and expiry warning also goes there.
+The terminal shows what the person and the channel see, as it appears. At the
+end the story is checked: every transition, milestone, warning and expiry
+message must have been posted exactly once, and the exceptions file and each
+alert too.
 
 Everything started here is stopped again, and the temporary directory
 removed, on success, on failure and on Ctrl-C.
@@ -40,6 +42,13 @@ from bot.slack.render import STATUS_MARKERS
 
 CHANNEL_ID = "C0001"
 CHANNEL_NAME = "general"
+#: Where the channel's failures and expiry warnings also go (the ``alerts`` setting).
+ALERT_CHANNEL_ID = "C0002"
+ALERT_CHANNEL_NAME = "import-alerts"
+#: How Slack channel ids are shown in the terminal.
+CHANNEL_NAMES = {CHANNEL_ID: CHANNEL_NAME, ALERT_CHANNEL_ID: ALERT_CHANNEL_NAME}
+#: The alerts the story causes: 1001 ends with failed records, 1002 is warned, then expires.
+EXPECTED_ALERTS = 3
 USER_ID = "U0001"
 #: How Slack user ids are shown in the terminal.
 USER_NAMES = {USER_ID: "demo-user", "UBOT": "import-status-bot"}
@@ -165,7 +174,7 @@ def _slack_token(match: re.Match[str]) -> str:
         user = target[1:]
         return "@" + (label or USER_NAMES.get(user, user))
     if target.startswith("#"):
-        return "#" + (label or target[1:])
+        return "#" + (label or CHANNEL_NAMES.get(target[1:], target[1:]))
     if target.startswith("!date^"):
         return label or target
     if target.startswith(("!subteam^", "!")):
@@ -316,6 +325,7 @@ class Screen:
         self._shown: dict[str, int] = {}  # message ts -> edits already shown
         self.cards: dict[int, Message] = {}  # access token -> latest tracking card
         self.seen: Counter[EventKey] = Counter()
+        self.alerts = 0  # messages shown from the alert channel
 
     def line(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -361,6 +371,10 @@ class Screen:
         """Print every message and edit not shown yet, in posting order."""
         for message in messages:
             shown = self._shown.get(message.ts)
+            if message.channel == ALERT_CHANNEL_ID and shown is None and not message.deleted:
+                self._show_alert(message)
+                self._shown[message.ts] = message.edits
+                continue
             if message.deleted or message.channel != CHANNEL_ID:
                 continue
             if message.thread_ts is None:
@@ -376,6 +390,12 @@ class Screen:
             elif shown is None:
                 self._show_reply(message)
             self._shown[message.ts] = message.edits
+
+    def _show_alert(self, message: Message) -> None:
+        self.alerts += 1
+        self.line(f"{self.stamp()} the bot posts an alert in #{ALERT_CHANNEL_NAME}:")
+        lines = blocks_to_lines(message.blocks, message.text, self.style)
+        self.box([self.style.yellow(text) for text in lines])
 
     def _show_new_post(self, message: Message, token: int | None) -> None:
         what = f"tracking card for import {token}" if token is not None else "a message"
@@ -539,6 +559,18 @@ class Story:
 
     def watch_moving_import(self) -> None:
         self.screen.act(2, "Watch it in the channel")
+        self.harness.emulator.create_channel(
+            ALERT_CHANNEL_ID, name=ALERT_CHANNEL_NAME, invite_bot=True
+        )
+        self.screen.narrate(
+            f"first, failures and expiry warnings should also reach #{ALERT_CHANNEL_NAME} "
+            "(the bot is a member there)"
+        )
+        answer = self.command(f"set alerts <#{ALERT_CHANNEL_ID}|{ALERT_CHANNEL_NAME}>")
+        self.check(
+            f"the alerts setting was saved (#{ALERT_CHANNEL_NAME})",
+            "Saved" in str(answer.get("blocks", "")),
+        )
         answer = self.command(f"watch {MOVING_TOKEN}")
         self.check(
             f"watching import {MOVING_TOKEN} was confirmed",
@@ -666,6 +698,10 @@ class Story:
         self.watch_screen(self.pace.pause_seconds)
 
     def list_watches(self) -> None:
+        # The last alert (expiry) may still be on its way; show it when it comes.
+        self.wait_until(
+            lambda: self.screen.alerts >= EXPECTED_ALERTS, self.pace.step_timeout / 2, fail=None
+        )
         self.screen.act(6, "What is this channel still watching?")
         answer = self.command("list")
         self.check(
@@ -683,6 +719,14 @@ class Story:
             (
                 f"Slack's rate limits were kept ({len(calls)} Web API calls, {limited} refused)",
                 limited == 0,
+            )
+        )
+        alerts = [m for m in self.harness.emulator.all_messages() if m.channel == ALERT_CHANNEL_ID]
+        results.append(
+            (
+                f"#{ALERT_CHANNEL_NAME} got one alert per failure and expiry warning "
+                f"({len(alerts)} of {EXPECTED_ALERTS})",
+                len(alerts) == EXPECTED_ALERTS,
             )
         )
         for key in expected_notifications():

@@ -17,7 +17,9 @@ What Slack does and this does too:
 - a submission carries ``view.state.values`` built from what the person chose, with the
   initial values where they chose nothing; a required input left empty is refused by
   the client, before anything reaches the bot; the bot's answer (nothing, or
-  ``response_action`` errors / update / clear) is applied to the modal.
+  ``response_action`` errors / update / clear) is applied to the modal, unless it came
+  after 3 seconds or with an HTTP error: then the person sees an error
+  (``dispatch_failed``) and the modal stays open as it was.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from bot.sandbox.slack_emulator import SlackUser
 
 JSON = dict[str, Any]
+# What Slack shows a person whose interaction the app answered late or with an error.
+DISPATCH_FAILED = "dispatch_failed"
 
 TRIGGER_LIFETIME_SECONDS = 3.0
 MAX_VIEW_BLOCKS = 100
@@ -107,6 +111,10 @@ class Submission:
     response_action: str | None
     errors: dict[str, str]  # from the bot, or the client's own "required" errors
     closed: bool
+    #: What Slack shows instead of the bot's answer: ``dispatch_failed`` when the bot
+    #: answered late (after 3 s) or with an HTTP error. The modal then stays open,
+    #: unchanged, as in Slack, and the person may press Submit again.
+    error: str | None = None
 
 
 class ViewRegistry:
@@ -473,6 +481,10 @@ def submit_view(
         return Submission(False, 0, 0.0, None, required, False)
     body = view_submission_body(stored, values, user=user)
     result = user.send(body, "application/x-www-form-urlencoded")
+    if result.error is not None or result.status_code != 200:
+        # Slack ignores a late or failed answer: the person sees an error, the modal stays.
+        error = result.error or DISPATCH_FAILED
+        return Submission(True, result.status_code, result.ack_seconds, None, {}, False, error)
     action, errors, closed = registry._answered(view_id, result.ack_body)
     return Submission(True, result.status_code, result.ack_seconds, action, errors, closed)
 

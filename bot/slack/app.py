@@ -16,7 +16,7 @@ from bot.slack import incoming
 from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.actions import ActionHandler
-from bot.slack.listeners.attention import AttentionHandler
+from bot.slack.listeners.attention import AttentionHandler, NoticeQueue
 from bot.slack.listeners.commands import CommandHandler
 from bot.slack.listeners.exceptions import ExceptionsButton, ExceptionsRequests
 from bot.slack.listeners.home import HomeTab
@@ -36,6 +36,7 @@ def build_app(
     channel_settings: SettingsStore,
     history: HistoryStore,
     exceptions: ExceptionsRequests | None = None,
+    notices: NoticeQueue | None = None,
 ) -> AsyncApp:
     """The Bolt AsyncApp with every listener registered.
 
@@ -59,7 +60,7 @@ def build_app(
     app.middleware(_response_urls_on_slack(client.base_url))
     app.middleware(ignore_retried_interactions)
     permalinks = Permalinks(client)
-    attention = AttentionHandler(channel_settings, history, access, permalinks)
+    attention = AttentionHandler(channel_settings, history, access, permalinks, notices=notices)
     commands = CommandHandler(service, access, attention, exceptions)
     commands.register(app)
     ActionHandler(commands).register(app)

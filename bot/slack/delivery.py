@@ -40,9 +40,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.clock import Clock, utcnow
 from bot.domain.eta import estimate_seconds_left
+from bot.domain.routing import Route, route
 from bot.metrics import METRICS
 from bot.service import CardOutcome, CardResult
 from bot.slack import render
+from bot.slack.channel_posts import Alert, AlertQueue
 from bot.slack.errors import (
     NETWORK,
     Fate,
@@ -51,6 +53,7 @@ from bot.slack.errors import (
     is_known,
     retry_after_seconds,
 )
+from bot.slack.render_compact import compact_card
 from bot.slack.render_exceptions import card_line
 from bot.slack.uploads import ThreadUpload
 from bot.store.interface import OutboxStore
@@ -119,8 +122,11 @@ class Delivery:
         call_timeout: float = SLACK_CALL_TIMEOUT_SECONDS,
         clock: Clock = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        alerts: AlertQueue | None = None,
     ) -> None:
         self.outbox = outbox
+        #: Where alerts go (the channel posts); None: no alerts are sent.
+        self.alerts = alerts
         self.slack = slack
         self.owner = owner
         self.lease_seconds = min(lease_seconds, MAX_LEASE_SECONDS)
@@ -403,8 +409,11 @@ class Delivery:
         for notification in d.notifications:
             if notification.next_attempt_at > now:
                 return  # keep the thread in order: nothing overtakes a message that must wait
+            where = self._route(d, notification)
+            if not await self._aside(d, notification, where, ts):
+                continue
             message = render.event_message(
-                notification.event, notification.snapshot, d.subscribed_by, now
+                notification.event, notification.snapshot, d.subscribed_by, now, route=where
             )
             await self._still_held(d)
             try:
@@ -412,7 +421,7 @@ class Delivery:
                     "chat_postMessage",
                     channel=d.channel_id,
                     thread_ts=ts,
-                    reply_broadcast=notification.event.broadcast,
+                    reply_broadcast=where.broadcast,
                     **message.as_kwargs(),
                     **POST_FLAGS,
                 )
@@ -443,6 +452,16 @@ class Delivery:
             if d.status is not None and d.active
             else None
         )
+        if d.settings.compact:
+            return compact_card(
+                d.status,
+                d.access_token,
+                now,
+                subscriber_id=d.subscribed_by,
+                eta_seconds=eta,
+                ended_reason=None if d.active else (d.ended_reason or "ended"),
+                exceptions_line=card_line(d.exceptions) if d.exceptions is not None else None,
+            )
         return render.tracking_card(
             d.status,
             d.access_token,
@@ -453,6 +472,38 @@ class Delivery:
             ended_reason=None if d.active else (d.ended_reason or "ended"),
             exceptions_line=card_line(d.exceptions) if d.exceptions is not None else None,
         )
+
+    # ------------------------------------------------------------------ the channel's settings
+
+    def _route(self, d: DeliveryState, notification: PendingNotification) -> Route:
+        """Where this reply goes, as the channel's settings say (``bot.domain.routing``)."""
+        return route(notification.event, notification.snapshot, d.settings, d.subscribed_by)
+
+    async def _aside(
+        self, d: DeliveryState, notification: PendingNotification, where: Route, ts: str
+    ) -> bool:
+        """Queue the reply's alert (once: keyed by the notification); record a reply the
+        channel does not want as skipped. False when the reply itself is not to be posted."""
+        if where.alert_channel and self.alerts is not None:
+            await self.alerts.queue_alert(
+                Alert(
+                    team_id=d.team_id,
+                    alert_channel=where.alert_channel,
+                    key=f"alert:{notification.id}",
+                    event=notification.event,
+                    status=notification.snapshot,
+                    source_channel=d.channel_id,
+                    thread_ts=ts,
+                    mention=where.alert_mention,
+                    subscriber_id=d.subscribed_by,
+                    compact=where.compact,
+                )
+            )
+        if where.reply:
+            return True
+        await asyncio.to_thread(self.outbox.mark_skipped, notification.id)
+        METRICS.notifications.labels(kind=notification.event.kind.value, outcome="skipped").inc()
+        return False
 
     # ------------------------------------------------------------------ Slack, and its errors
 

@@ -28,6 +28,7 @@ from bot.domain.format import (
     progress_bar,
     relative_time,
 )
+from bot.domain.routing import Route
 from bot.domain.status import STATUS_LOOKS, ImportStatus, Status
 
 # --- Slack's limits (Block Kit reference) ------------------------------------
@@ -468,14 +469,18 @@ def event_message(
     now: datetime,
     *,
     trouble_since: datetime | None = None,
+    route: Route | None = None,
 ) -> Message:
     """The thread reply for one event on a watched import.
 
-    The subscriber is mentioned exactly when the event is broadcast to the
-    channel (terminal results, the expiry warning, expiry): see
-    ``Event.broadcast``. Broadcast messages also name the import, since they
-    are read outside the thread. ``trouble_since``, when known, says since
-    when the API has been unreachable (API_TROUBLE).
+    ``route`` (``bot.domain.routing``) carries the channel's choices: whether the
+    reply is broadcast, whom it mentions, one line or several, and whether the
+    thread is a batch's. Without it, the bot's original behaviour: the subscriber
+    is mentioned exactly when the event is broadcast to the channel (terminal
+    results, the expiry warning, expiry: see ``Event.broadcast``). Broadcast
+    messages also name the import, since they are read outside the thread.
+    ``trouble_since``, when known, says since when the API has been unreachable
+    (API_TROUBLE).
     """
     about = "The import"
     if status is not None:
@@ -527,9 +532,18 @@ def event_message(
     elif event.kind is EventKind.RECOVERED:
         lines.append(":large_green_circle: MyPreferences answers again; watching resumes.")
 
-    if event.broadcast:
-        lines[0] = f"{_mention(subscriber_id)} {lines[0]}"
-    text = "\n".join(lines)
+    if route is None:
+        if event.broadcast:
+            lines[0] = f"{_mention(subscriber_id)} {lines[0]}"
+        text = "\n".join(lines)
+        return _message(text, [_section(text)])
+    named = any(about in line for line in lines)
+    if status is not None and not named and (route.in_batch or route.broadcast):
+        # Read outside the thread, or in a thread of many imports: say which import.
+        lines.append(about)
+    if route.broadcast and route.mention:
+        lines[0] = f"{route.mention} {lines[0]}"  # bot-made mrkdwn (bot.domain.settings)
+    text = (" · " if route.compact else "\n").join(lines)
     return _message(text, [_section(text)])
 
 
@@ -549,6 +563,7 @@ def usage_message(problem: str | None = None) -> Message:
         USAGE_LINE,
         "• `/import-status 12345`: show an import's status (only to you)",
         "• `/import-status watch 12345`: watch it in this channel (alias `subscribe`)",
+        "• `/import-status watch 1001 1002 1003`: watch up to 20 as one batch, with one card",
         "• `/import-status unwatch 12345`: stop watching it here (alias `unsubscribe`)",
         "• `/import-status exceptions 12345`: why its records failed (only to you; "
         "the file comes to your direct messages)",

@@ -79,10 +79,11 @@ def quiet_value(settings: ChannelSettings, key: str) -> str:
     return shown_value(settings, key)
 
 
-def settings_message(
-    settings: ChannelSettings, *, note: str | None = None, can_change: bool = True
-) -> Message:
-    """The channel's settings, one line per key, and how to change them (ephemeral)."""
+def settings_message(settings: ChannelSettings, *, note: str | None = None) -> Message:
+    """The channel's settings, one line per key, and how to change them (ephemeral).
+
+    Only people the allow-lists let in see them at all, and they may change them.
+    """
     lines = ["*Import settings of this channel*"]
     if note:
         lines.insert(0, note)
@@ -90,8 +91,6 @@ def settings_message(
     how = (
         "Change one with `/import-status set KEY VALUE`, e.g. `/import-status set broadcast "
         "failures`."
-        if can_change
-        else "You may look at these settings but not change them."
     )
     fallback = "Import settings of this channel: " + ", ".join(
         f"{key} {settings.value_text(key)}" for key in KEYS

@@ -3,7 +3,8 @@
 ``Store`` bundles the parts over one engine: ``subscriptions`` (the
 commands), ``polls`` (the poller), ``outbox`` (delivery), ``channel_settings``
 (each channel's choices), ``history`` (what watches came to), ``digests``
-(one daily digest per channel) and ``archives`` (the exceptions archive).
+(one daily digest per channel), ``archives`` (the exceptions archive),
+``batches`` (several imports, one card) and ``channel_posts`` (alerts, notices).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from bot.store.archives import Archives
+from bot.store.batches import Batches
+from bot.store.channel_posts import ChannelPosts
 from bot.store.channel_settings import ChannelSettingsTable
 from bot.store.digests import Digests
 from bot.store.history import History
@@ -31,6 +34,8 @@ class Store:
         self.history = History(engine)
         self.digests = Digests(engine)
         self.archives = Archives(engine)
+        self.batches = Batches(engine)
+        self.channel_posts = ChannelPosts(engine)
 
     def release_leases(self, owner: str) -> None:
         """Give back every lease this replica holds (graceful shutdown)."""
@@ -38,3 +43,5 @@ class Store:
         self.outbox.release_leases(owner)
         self.digests.release_leases(owner)
         self.archives.release_leases(owner)
+        self.batches.release_leases(owner)
+        self.channel_posts.release_leases(owner)

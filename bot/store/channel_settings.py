@@ -23,7 +23,7 @@ from bot.domain.settings import (
     InvalidSetting,
     parse_setting,
 )
-from bot.store.tables import ChannelSettingsRow
+from bot.store.tables import ChannelSettingsRow, SubscriptionRow
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,17 @@ class ChannelSettingsTable:
             if after.digest != before.digest:
                 values["digest_since"] = now if after.digest else None
             conn.execute(update(ChannelSettingsRow).where(*where).values(**values))
+            if after.compact != before.compact:
+                # The channel's cards change shape: each gets one edit to show it.
+                conn.execute(
+                    update(SubscriptionRow)
+                    .where(
+                        SubscriptionRow.team_id == team_id,
+                        SubscriptionRow.channel_id == channel_id,
+                        SubscriptionRow.state == "active",
+                    )
+                    .values(card_wanted=SubscriptionRow.card_wanted + 1)
+                )
         return before, after
 
     def digest_channels(self) -> list[DigestChannel]:

@@ -82,6 +82,32 @@ class Digests:
             ).first()
             return int(taken.attempts) if taken is not None else None
 
+    def extend(self, key: DayKey, owner: str, now: datetime, seconds: float) -> bool:
+        """Hold this replica's lease for ``seconds`` more (before posting); False if lost.
+
+        The lease must outlast the post, or another replica could take the day over
+        while the first is still posting, and the channel would get two digests.
+        """
+        team_id, channel_id, day = key
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(DigestRow)
+                    .where(
+                        DigestRow.team_id == team_id,
+                        DigestRow.channel_id == channel_id,
+                        DigestRow.day == day,
+                        DigestRow.state == SENDING,
+                        DigestRow.lease_owner == owner,
+                    )
+                    .values(lease_until=now + timedelta(seconds=seconds))
+                ).rowcount
+            )
+
+    def postpone(self, key: DayKey, owner: str, until: datetime) -> None:
+        """Slack has the channel wait: nobody tries before ``until``; no attempt counted."""
+        self._set(key, owner, lease_owner=None, lease_until=until)
+
     def finish(
         self, key: DayKey, owner: str, state: str, now: datetime, ts: str | None = None
     ) -> None:

@@ -14,6 +14,8 @@ from bot.domain.history import ActiveWatch, FinishedWatch
 from bot.domain.settings import ChannelSettings
 from bot.domain.status import ImportStatus
 from bot.store.archives import DueArchive, UploadTarget
+from bot.store.batches import BatchCreated, BatchState, NewMember
+from bot.store.channel_posts import ChannelPost
 from bot.store.channel_settings import DigestChannel
 from bot.store.digests import DayKey
 from bot.store.records import DeliveryState, DueImport, PollResult, Subscribed, Watch
@@ -106,11 +108,15 @@ class OutboxStore(Protocol):
 
     def clear_waits(self, now: datetime) -> int: ...
 
+    def channel_wait(self, team_id: str, channel_id: str) -> datetime | None: ...
+
     def mark_sent(self, notification_id: int, ts: str | None, now: datetime) -> None: ...
 
     def mark_attempt_failed(self, notification_id: int, error: str, retry_at: datetime) -> None: ...
 
     def drop_notification(self, notification_id: int, error: str) -> None: ...
+
+    def mark_skipped(self, notification_id: int) -> None: ...
 
     def end_subscription(self, subscription_id: int, reason: str, now: datetime) -> None: ...
 
@@ -165,6 +171,10 @@ class DigestStore(Protocol):
 
     def claim(self, key: DayKey, owner: str, now: datetime, lease_seconds: float) -> int | None: ...
 
+    def extend(self, key: DayKey, owner: str, now: datetime, seconds: float) -> bool: ...
+
+    def postpone(self, key: DayKey, owner: str, until: datetime) -> None: ...
+
     def finish(
         self, key: DayKey, owner: str, state: str, now: datetime, ts: str | None = None
     ) -> None: ...
@@ -215,5 +225,98 @@ class ArchiveStore(Protocol):
     def retry_archive(
         self, archive_id: int, owner: str, error: str | None, retry_at: datetime, *, count: bool
     ) -> None: ...
+
+    def release_leases(self, owner: str) -> None: ...
+
+
+class ChannelWaitStore(Protocol):
+    """For whatever posts to a channel outside delivery: Slack's per-channel waits."""
+
+    def channel_wait(self, team_id: str, channel_id: str) -> datetime | None: ...
+
+    def wait_channel(
+        self, team_id: str, channel_id: str, not_before: datetime, reason: str
+    ) -> None: ...
+
+
+class BatchStore(Protocol):
+    """For the watch command and delivery: batches, their card and their leases."""
+
+    def create(
+        self,
+        *,
+        team_id: str,
+        channel_id: str,
+        client_id: str,
+        members: list[NewMember],
+        user_id: str,
+        now: datetime,
+        lease_owner: str,
+        lease_seconds: float,
+    ) -> BatchCreated: ...
+
+    def forget(self, batch_id: int) -> bool: ...
+
+    def claim_batches(
+        self, owner: str, now: datetime, limit: int, lease_seconds: float
+    ) -> list[int]: ...
+
+    def claim_batch(
+        self, batch_id: int, owner: str, now: datetime, lease_seconds: float
+    ) -> bool: ...
+
+    def renew_batch_lease(
+        self, batch_id: int, owner: str, now: datetime, lease_seconds: float
+    ) -> bool: ...
+
+    def release_batch(self, batch_id: int, owner: str) -> None: ...
+
+    def release_leases(self, owner: str) -> None: ...
+
+    def batch_state(self, batch_id: int) -> BatchState | None: ...
+
+    def set_batch_card(self, state: BatchState, ts: str) -> None: ...
+
+    def mark_batch_card_done(self, state: BatchState) -> None: ...
+
+    def mark_batch_card_failed(self, batch_id: int, error: str, retry_at: datetime) -> None: ...
+
+    def end_batch(self, batch_id: int, reason: str, now: datetime, *, summary: bool) -> bool: ...
+
+    def end_batch_now(self, batch_id: int, reason: str, now: datetime) -> None: ...
+
+    def summary_sent(self, batch_id: int, ts: str | None) -> None: ...
+
+    def summary_failed(self, batch_id: int, retry_at: datetime | None) -> None: ...
+
+
+class ChannelPostStore(Protocol):
+    """For alerts, settings notices and notes: posts outside any card's thread."""
+
+    def queue_post(
+        self,
+        *,
+        team_id: str,
+        channel_id: str,
+        kind: str,
+        key: str,
+        payload: dict[str, Any],
+        now: datetime,
+        thread_ts: str | None = None,
+    ) -> bool: ...
+
+    def claim_posts(
+        self, owner: str, now: datetime, limit: int, lease_seconds: float
+    ) -> list[ChannelPost]: ...
+
+    def extend_post(self, post_id: int, owner: str, now: datetime, seconds: float) -> bool: ...
+
+    def post_sent(self, post_id: int, ts: str | None, now: datetime) -> None: ...
+
+    def post_failed(self, post_id: int, error: str, retry_at: datetime) -> None: ...
+
+    def drop_post(self, post_id: int, error: str) -> None: ...
+
+    def release_post(self, post_id: int, owner: str) -> None: ...
 
     def release_leases(self, owner: str) -> None: ...

@@ -17,18 +17,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.domain.events import Event
+from bot.domain.settings import DEFAULTS
 from bot.store.archives import archive_note
+from bot.store.channel_settings import settings_from_row
 from bot.store.records import (
     ACTIVE,
     DROPPED,
     PENDING,
     SENT,
+    SKIPPED,
     DeliveryState,
     PendingNotification,
     status_of,
 )
 from bot.store.subscriptions import end_subscriptions
-from bot.store.tables import ChannelWaitRow, ImportRow, NotificationRow, SubscriptionRow
+from bot.store.tables import (
+    ChannelSettingsRow,
+    ChannelWaitRow,
+    ImportRow,
+    NotificationRow,
+    SubscriptionRow,
+)
 
 
 class Outbox:
@@ -80,6 +89,8 @@ class Outbox:
                     update(SubscriptionRow)
                     .where(
                         SubscriptionRow.id == subscription_id,
+                        # A batch's imports are delivered with their batch (store/batches.py).
+                        SubscriptionRow.batch_id.is_(None),
                         or_(
                             SubscriptionRow.lease_until.is_(None),
                             SubscriptionRow.lease_until < now,
@@ -141,6 +152,12 @@ class Outbox:
                     ChannelWaitRow.channel_id == sub.channel_id,
                 )
             ).scalar()
+            settings_row = conn.execute(
+                select(ChannelSettingsRow).where(
+                    ChannelSettingsRow.team_id == sub.team_id,
+                    ChannelSettingsRow.channel_id == sub.channel_id,
+                )
+            ).scalar()
             return DeliveryState(
                 subscription_id=sub.id,
                 team_id=sub.team_id,
@@ -162,6 +179,7 @@ class Outbox:
                 card_error=sub.card_error,
                 channel_wait_until=channel_wait,
                 exceptions=archive_note(conn.connection(), subscription_id),
+                settings=settings_from_row(settings_row) if settings_row is not None else DEFAULTS,
             )
 
     def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:
@@ -216,6 +234,15 @@ class Outbox:
                 )
             )
 
+    def channel_wait(self, team_id: str, channel_id: str) -> datetime | None:
+        """Until when Slack asked this channel to wait (None: no wait known)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(ChannelWaitRow.not_before).where(
+                    ChannelWaitRow.team_id == team_id, ChannelWaitRow.channel_id == channel_id
+                )
+            ).scalar()
+
     def clear_waits(self, now: datetime) -> int:
         """Forget waits that are over (housekeeping; an old row changes nothing)."""
         with self.engine.begin() as conn:
@@ -260,6 +287,15 @@ class Outbox:
                     NotificationRow.next_attempt_at < retry_at,
                 )
                 .values(next_attempt_at=retry_at)
+            )
+
+    def mark_skipped(self, notification_id: int) -> None:
+        """The channel's settings say this one is not posted (milestones off, say)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == notification_id, NotificationRow.state == PENDING)
+                .values(state=SKIPPED)
             )
 
     def drop_notification(self, notification_id: int, error: str) -> None:
@@ -324,4 +360,5 @@ def _deliverable(now: datetime) -> ColumnElement[bool]:
             NotificationRow.next_attempt_at <= now,
         ),
     )
-    return and_(~channel_waits, or_(card_due, reply_due))
+    # A batch's imports share its card and thread: they are delivered with the batch.
+    return and_(SubscriptionRow.batch_id.is_(None), ~channel_waits, or_(card_due, reply_due))

@@ -13,6 +13,7 @@ from typing import Any
 from bot.domain.archiving import ArchiveKind
 from bot.domain.events import Event
 from bot.domain.rules import Decision, Memory
+from bot.domain.settings import DEFAULTS, ChannelSettings
 from bot.domain.status import ImportStatus, Status
 
 # A healthy poll whose next time is within this of what its claim wrote is not saved.
@@ -25,6 +26,8 @@ ENDED = "ended"
 PENDING = "pending"
 SENT = "sent"
 DROPPED = "dropped"
+# Not posted, by the channel's choice (milestones off; a batch's quiet events).
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class DeliveryState:
     channel_wait_until: datetime | None = None
     #: the import's exceptions archive as posted in this thread (the card's line)
     exceptions: ArchiveNote | None = None
+    #: the channel's settings (what is broadcast, who is mentioned, alerts, compact)
+    settings: ChannelSettings = DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from bot.store.records import (
     memory_columns,
     snapshot_of,
 )
-from bot.store.tables import ImportRow, NotificationRow, SubscriptionRow
+from bot.store.tables import BatchRow, ImportRow, NotificationRow, SubscriptionRow
 
 
 class Subscriptions:
@@ -51,7 +51,7 @@ class Subscriptions:
         background delivery may pick the subscription up in between.
         """
         with self.engine.begin() as conn:
-            import_id = self._ensure_import(conn, client_id, status, now, next_poll_at)
+            import_id = self.ensure_import(conn, client_id, status, now, next_poll_at)
             existing = conn.execute(
                 select(SubscriptionRow.id).where(
                     SubscriptionRow.team_id == team_id,
@@ -82,7 +82,7 @@ class Subscriptions:
             ).scalar_one()
             return Subscribed(subscription_id, created=True)
 
-    def _ensure_import(
+    def ensure_import(
         self,
         conn: Connection,
         client_id: str,
@@ -90,6 +90,7 @@ class Subscriptions:
         now: datetime,
         next_poll_at: datetime,
     ) -> int:
+        """The import's id, inserted if new; a fresh status if nobody watches it now."""
         row = conn.execute(
             select(ImportRow.id, ImportRow.status).where(
                 ImportRow.client_id == client_id, ImportRow.access_token == status.access_token
@@ -245,6 +246,18 @@ class Subscriptions:
                 ).scalars()
             )
             end_subscriptions(conn, ids, reason, now, drop_pending=True, card=False)
+            # Their batches too: nothing can be posted in this workspace any more.
+            conn.execute(
+                update(BatchRow)
+                .where(BatchRow.team_id == team_id, BatchRow.state == ACTIVE)
+                .values(
+                    state=ENDED,
+                    ended_at=now,
+                    ended_reason=reason[:200],
+                    card_done=BatchRow.card_wanted,
+                    summary_state=None,
+                )
+            )
             return len(ids)
 
     def watched_imports_by_status(self) -> dict[str, int]:

@@ -96,6 +96,7 @@ class SubscriptionRow(Base):
         Index("ix_subscriptions_import_state", "import_id", "state"),
         Index("ix_subscriptions_channel", "team_id", "channel_id", "state"),
         Index("ix_subscriptions_channel_ended", "team_id", "channel_id", "ended_at"),
+        Index("ix_subscriptions_batch", "batch_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -119,6 +120,10 @@ class SubscriptionRow(Base):
     card_error: Mapped[str | None] = mapped_column(String(200))
     lease_owner: Mapped[str | None] = mapped_column(String(80))
     lease_until: Mapped[datetime | None]
+    # The batch this watch belongs to (``batches``), whose card and thread it shares;
+    # None for a watch of its own. A plain column, no foreign key: adding one would make
+    # SQLite rebuild this table (and its partial unique index) in the migration.
+    batch_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class NotificationRow(Base):
@@ -262,3 +267,70 @@ class ChannelWaitRow(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     not_before: Mapped[datetime]
     reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class BatchRow(Base):
+    """Several imports watched as one (``watch 1001 1002 ...``): one card, one thread.
+
+    Its imports are subscriptions with this ``batch_id``; they share the batch's card
+    (their ``tracking_ts`` is the batch's) and are delivered with it, under its lease.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_channel", "team_id", "channel_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    subscribed_by: Mapped[str] = mapped_column(String(32))
+    subscribed_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(10), default="active")  # active | ended
+    ended_at: Mapped[datetime | None]
+    ended_reason: Mapped[str | None] = mapped_column(String(200))
+    tracking_ts: Mapped[str | None] = mapped_column(String(32))
+    # The card needs an edit while card_done < card_wanted here, or in one of its imports.
+    card_wanted: Mapped[int] = mapped_column(Integer, default=1)
+    card_done: Mapped[int] = mapped_column(Integer, default=0)
+    card_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    card_retry_at: Mapped[datetime | None]
+    card_error: Mapped[str | None] = mapped_column(String(200))
+    # The one reply that sums the batch up when it ends: None (none wanted) | pending |
+    # sent | dropped, sendable once like a notification.
+    summary_state: Mapped[str | None] = mapped_column(String(10))
+    summary_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    summary_next_at: Mapped[datetime | None]
+    summary_ts: Mapped[str | None] = mapped_column(String(32))
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]
+
+
+class ChannelPostRow(Base):
+    """A message to a channel outside any card's thread: an alert, a settings notice, a note.
+
+    An outbox entry like a notification: ``key`` makes each sendable once, it is
+    leased while it is sent, and it waits when its channel must wait.
+    """
+
+    __tablename__ = "channel_posts"
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_channel_posts_key"),
+        Index("ix_channel_posts_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(10))  # alert | notice | note
+    key: Mapped[str] = mapped_column(String(120))
+    thread_ts: Mapped[str | None] = mapped_column(String(32))  # a note goes into a thread
+    # What the message says (kind-specific; rendered when it is sent). No secrets.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending | sent | dropped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_until: Mapped[datetime | None]

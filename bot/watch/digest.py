@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from bot.clock import Clock, utcnow
@@ -25,15 +25,22 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 # Enough for any one channel's day; the message shows at most a few dozen lines.
 MAX_FINISHED = 500
+# A post (its links and the message) that takes longer is given up and tried again later.
+POST_BUDGET_SECONDS = 20.0
 
 
 class DigestNotSent(Exception):
-    """Slack did not take the digest; ``permanent`` when trying again cannot help."""
+    """Slack did not take the digest; ``permanent`` when trying again cannot help.
 
-    def __init__(self, error: str, *, permanent: bool) -> None:
+    ``not_before``: Slack has the channel wait until then (a 429 now, or earlier);
+    waiting is not a failure, so no attempt is counted.
+    """
+
+    def __init__(self, error: str, *, permanent: bool, not_before: datetime | None = None) -> None:
         super().__init__(error)
         self.error = error
         self.permanent = permanent
+        self.not_before = not_before
 
 
 class DigestPoster(Protocol):
@@ -103,26 +110,53 @@ class DigestJob:
             await asyncio.to_thread(self.digests.finish, key, self.owner, EMPTY, now)
             log.info("digest skipped: nothing happened", extra=extra)
             return 0
+        # Held past the post's time limit: no other replica can take the day over meanwhile.
+        held = await asyncio.to_thread(
+            self.digests.extend,
+            key,
+            self.owner,
+            self.clock(),
+            self.lease_seconds + POST_BUDGET_SECONDS,
+        )
+        if not held:
+            return 0
         try:
-            ts = await self.poster.post_digest(team_id, channel_id, summary)
-        except DigestNotSent as exc:
-            give_up = exc.permanent or attempts + 1 >= MAX_ATTEMPTS
-            delay = min(600.0, 30.0 * 2**attempts)
-            log.warning(
-                "digest not sent (%s)%s",
-                exc.error,
-                "; giving up for today" if give_up else f"; retrying in {delay:.0f} s",
-                extra=extra,
+            ts = await asyncio.wait_for(
+                self.poster.post_digest(team_id, channel_id, summary), POST_BUDGET_SECONDS
             )
-            await asyncio.to_thread(
-                self.digests.failed,
-                key,
-                self.owner,
-                exc.error,
-                self.clock() + timedelta(seconds=delay),
-                give_up,
+        except (DigestNotSent, TimeoutError) as raised:
+            exc = (
+                raised
+                if isinstance(raised, DigestNotSent)
+                else DigestNotSent("timeout", permanent=False)
             )
+            await self._not_sent(key, attempts, exc, extra)
             return 0
         await asyncio.to_thread(self.digests.finish, key, self.owner, SENT, self.clock(), ts)
         log.info("digest posted", extra=extra)
         return 1
+
+    async def _not_sent(
+        self, key: DayKey, attempts: int, exc: DigestNotSent, extra: dict[str, str]
+    ) -> None:
+        """A wait postpones the day (no attempt counted); a failure retries or gives up."""
+        if exc.not_before is not None:
+            log.info("digest waits: Slack has the channel wait", extra=extra)
+            await asyncio.to_thread(self.digests.postpone, key, self.owner, exc.not_before)
+            return
+        give_up = exc.permanent or attempts + 1 >= MAX_ATTEMPTS
+        delay = min(600.0, 30.0 * 2**attempts)
+        log.warning(
+            "digest not sent (%s)%s",
+            exc.error,
+            "; giving up for today" if give_up else f"; retrying in {delay:.0f} s",
+            extra=extra,
+        )
+        await asyncio.to_thread(
+            self.digests.failed,
+            key,
+            self.owner,
+            exc.error,
+            self.clock() + timedelta(seconds=delay),
+            give_up,
+        )

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, select
 from bot.domain.settings import DEFAULTS, Broadcast, ChannelSettings, MentionKind
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import SlackUser, message_text, wait_for
-from bot.sandbox.slack_views import StoredView, view_problems
-from bot.slack.render_settings import MENTION_GROUP_BLOCK, MENTION_USER_BLOCK
+from bot.sandbox.slack_views import StoredView, Submission, view_problems
+from bot.slack.render_settings import MENTION_GROUP_BLOCK, MENTION_USER_BLOCK, modal_channel
 from bot.store import Store
 from bot.store.engine import make_engine
 from bot.store.tables import ChannelSettingsRow
@@ -76,15 +76,43 @@ def ack(user: SlackUser, text: str, **overrides: str) -> str:
     return message_text(result.ack_body)
 
 
+def submit(user: SlackUser, view: StoredView, chosen: dict[str, object]) -> Submission:
+    """Submit the modal; the bot must answer in time (else Slack shows the person an error
+    and the modal stays as it was: ``dispatch_failed``)."""
+    result = user.submit_view(view.id, chosen)
+    assert result.error is None, f"{result.error}: answered after {result.ack_seconds:.2f} s"
+    return result
+
+
 def open_modal(harness: Harness, user: SlackUser) -> StoredView:
+    """``settings`` in the channel, and the modal it opens.
+
+    The bot opens the modal after it acknowledges the command, so the modal this
+    command opened is the one that was not open before and is for this channel: the
+    person may still have another test's modal open (under load, that one used to be
+    taken for the new one, and the test then changed the wrong channel's settings).
+    """
+    where = user.channel_id
+    before = {v.id for v in harness.emulator.views.modals(user.user_id)}
     shown = ack(user, "settings")
     assert "Import settings of this channel" in shown
 
     def modal() -> StoredView | None:
-        found = harness.emulator.views.modals(user.user_id)
-        return found[-1] if found else None
+        return next(
+            (
+                v
+                for v in harness.emulator.views.modals(user.user_id)
+                if v.id not in before
+                and modal_channel(v.view["private_metadata"])
+                == (
+                    "T0001",
+                    where,
+                )
+            ),
+            None,
+        )
 
-    view = wait_for(modal, 5, description="the settings modal")
+    view = wait_for(modal, 15, description=f"the settings modal of {where}")
     assert view_problems(view.view, "modal") == []
     return view
 
@@ -133,12 +161,12 @@ def test_set_stores_the_value_tells_the_channel_and_logs_who(
     answer = ack(user, "set broadcast failures")
     assert "Saved" in answer and "`broadcast`: `failures`" in answer
     assert stored(engine, channel).broadcast is Broadcast.FAILURES
-    (notice,) = wait_for(lambda: notices(harness, channel), 5, description="the notice")
+    (notice,) = wait_for(lambda: notices(harness, channel), 15, description="the notice")
     assert f"<@{user.user_id}> changed" in notice
     assert "`finish` → `failures`" in notice
     assert wait_for(
         lambda: "channel setting broadcast changed from finish to failures" in bot.log_text(),
-        5,
+        15,
         description="the log line",
     )
     line = next(
@@ -158,7 +186,7 @@ def test_a_user_group_mention_is_stored_but_the_notice_pings_nobody(
     assert "Saved" in ack(user, "set mention <!subteam^S0OPS|@ops>")
     mention = stored(engine, channel).mention
     assert (mention.kind, mention.id, mention.label) == (MentionKind.GROUP, "S0OPS", "@ops")
-    (notice,) = wait_for(lambda: notices(harness, channel), 5, description="the notice")
+    (notice,) = wait_for(lambda: notices(harness, channel), 15, description="the notice")
     assert "@ops" in notice
     assert "<!subteam" not in notice, "changing a setting must not ping the whole group"
     assert "<!subteam^S0OPS>" in ack(user, "settings"), "the person asking sees the group"
@@ -225,8 +253,9 @@ def test_the_modal_and_set_reach_the_same_stored_settings(
         assert "Saved" in ack(user, command, channel_id=by_text)
 
     view = open_modal(harness, user)
-    result = user.submit_view(
-        view.id,
+    result = submit(
+        user,
+        view,
         {
             "broadcast": "all",
             "milestones": "off",
@@ -244,7 +273,7 @@ def test_the_modal_and_set_reach_the_same_stored_settings(
     # The text form carried Slack's label ("bob"); the modal's user picker does not.
     assert from_modal == ChannelSettings(**{**vars(from_text), "mention": from_modal.mention})
     assert from_modal.changes_from(DEFAULTS) and len(from_modal.changes_from(DEFAULTS)) == 7
-    (notice,) = wait_for(lambda: notices(harness, channel), 5, description="the notice")
+    (notice,) = wait_for(lambda: notices(harness, channel), 15, description="the notice")
     assert "`finish` → `all`" in notice and "`07:30 America/Chicago`" in notice
 
     # Opened again, the modal shows what is stored.
@@ -259,9 +288,8 @@ def test_invalid_modal_values_are_shown_in_the_modal_and_change_nothing(
     harness: Harness, user: SlackUser, channel: str, engine: Engine
 ) -> None:
     view = open_modal(harness, user)
-    result = user.submit_view(
-        view.id,
-        {"broadcast": "none", "digest": "25:00 Mars/Olympus", "mention": "group"},
+    result = submit(
+        user, view, {"broadcast": "none", "digest": "25:00 Mars/Olympus", "mention": "group"}
     )
     assert result.sent and result.response_action == "errors" and not result.closed
     assert "HH:MM on a 24-hour clock" in result.errors["digest"]
@@ -270,8 +298,9 @@ def test_invalid_modal_values_are_shown_in_the_modal_and_change_nothing(
     assert rows(engine, channel) == 0, "one bad field keeps every field unsaved"
 
     # The same modal, corrected: saved.
-    fixed = user.submit_view(
-        view.id,
+    fixed = submit(
+        user,
+        view,
         {
             "broadcast": "none",
             "digest": "18:00 Europe/Berlin",
@@ -280,10 +309,12 @@ def test_invalid_modal_values_are_shown_in_the_modal_and_change_nothing(
             "alerts": [channel],
         },
     )
-    assert fixed.errors == {"alerts": fixed.errors.get("alerts", "")}
+    assert fixed.response_action == "errors" and set(fixed.errors) == {"alerts"}, fixed
     assert "another channel" in fixed.errors["alerts"]
-    done = user.submit_view(
-        view.id,
+    assert rows(engine, channel) == 0
+    done = submit(
+        user,
+        view,
         {
             "broadcast": "none",
             "digest": "18:00 Europe/Berlin",

@@ -36,7 +36,8 @@ def test_demo_tells_the_whole_story_and_exits_0() -> None:
     assert MOVING_NAME in out
     # Each status, first seen in the lookup (Initiated), then in the thread replies.
     transitions = re.findall(r"→ \S+ (\w+)", out)
-    assert transitions == ["Staging", "Queued", "Processing", "Completed"]
+    # Completed with failed records: in the thread, then in the alert channel too.
+    assert transitions == ["Staging", "Queued", "Processing", "Completed", "Completed"]
     statuses = _positions(out, ["Initiated", "→ ↓ Staging", "→ ⧗ Queued", "→ ⚙ Processing"])
     statuses.append(out.find("→ ✔ Completed"))
     assert -1 not in statuses and statuses == sorted(statuses), statuses
@@ -48,8 +49,9 @@ def test_demo_tells_the_whole_story_and_exits_0() -> None:
     warning = out.find("The access token expires in")
     expired = out.find("The access token expired before the import finished")
     assert -1 < warning < expired
-    assert out.count("The access token expires in") == 1
-    assert out.count("The access token expired before") == 1
+    # Once in the thread, once in the alert channel.
+    assert out.count("The access token expires in") == 2
+    assert out.count("The access token expired before") == 2
     assert f"{EXPIRING_NAME} · import {EXPIRING_TOKEN}" in out
     assert "This channel is not watching any import" in out
     assert "@demo-user" in out and "<@U0001>" not in out
@@ -58,4 +60,8 @@ def test_demo_tells_the_whole_story_and_exits_0() -> None:
     assert out.count("file import-1001-exceptions.csv") == 2  # the thread's, then the DM's
     assert "• Invalid email address: 24 (40%)" in out
     assert "@example.com" in out and "john." not in out, "personal data stays masked"
+    # The channel chose an alert channel: the failure, the warning and the expiry also go there.
+    assert "set alerts <#C0002|import-alerts>" in out
+    assert out.count("the bot posts an alert in #import-alerts") == 3
+    assert "Watched in #general · open the thread" in out
     assert "The story is complete" in out

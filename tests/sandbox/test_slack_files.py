@@ -30,6 +30,8 @@ def served() -> Iterator[tuple[SlackEmulator, ServerThread]]:
 def emulator(served: tuple[SlackEmulator, ServerThread]) -> SlackEmulator:
     emulator = served[0]
     emulator.reset()
+    for channel in ("C1", "C2", "C3", "C4", "C5", "C6"):
+        emulator.invite_bot(channel)  # the strict emulator: the bot posts where it was invited
     return emulator
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -70,14 +71,21 @@ HOME = {"type": "home", "blocks": [{"type": "section", "text": {"type": "mrkdwn"
 
 
 class FakeBot:
-    """Records what it receives and answers each request with ``answer``."""
+    """Records what it receives and answers each request with ``answer`` (after ``delay``
+    seconds, with HTTP ``status``)."""
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.answer: dict[str, Any] | None = None
+        self.delay = 0.0
+        self.status = 200
         self.app = Starlette(routes=[Route("/slack/events", self.events, methods=["POST"])])
 
     async def events(self, request: Request) -> Response:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.status != 200:
+            return JSONResponse({"error": "unhandled request"}, status_code=self.status)
         body = await request.body()
         if request.headers.get("content-type", "").startswith("application/json"):
             self.received.append(json.loads(body))
@@ -222,6 +230,27 @@ def test_a_submission_carries_the_choices_and_the_initial_values(
         assert emulator.views.modals("U1") == []
         with pytest.raises(ValueError, match="no open modal"):
             user.submit_view(view_id, {"note": "again"})
+
+
+def test_a_late_or_failed_answer_leaves_the_modal_open_and_unchanged(
+    emulator: SlackEmulator, client: WebClient, bot: tuple[FakeBot, str]
+) -> None:
+    fake, url = bot
+    view_id = client.views_open(trigger_id=emulator.views.issue_trigger_id("U1"), view=modal())[
+        "view"
+    ]["id"]
+    with SlackUser(url, SECRET, emulator, user_id="U1") as user:
+        fake.status = 404  # what Bolt answers when no listener acknowledged in time
+        failed = user.submit_view(view_id, {"note": "hello"})
+        assert failed.error == "dispatch_failed" and not failed.closed and failed.errors == {}
+        fake.status, fake.delay = 200, 3.2
+        fake.answer = {"response_action": "errors", "errors": {"note": "Too short"}}
+        late = user.submit_view(view_id, {"note": "hello"})
+        assert late.error == "dispatch_failed" and late.ack_seconds > 3
+        still = emulator.views.view(view_id)
+        assert still is not None and still.is_open and still.errors == {}
+        fake.delay, fake.answer = 0.0, None
+        assert user.submit_view(view_id, {"note": "hello"}).closed, "Submit again: it goes"
 
 
 def test_opening_the_home_tab_sends_app_home_opened(

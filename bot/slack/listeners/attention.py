@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.errors import SlackApiError
@@ -44,6 +45,14 @@ MODAL_OPEN_TIMEOUT_SECONDS = 2.5
 _MODAL_ERROR_LIMIT = 300
 
 
+class NoticeQueue(Protocol):
+    """Queues a message to a channel (``ChannelPostSender.queue_notice``)."""
+
+    async def queue_notice(
+        self, team_id: str, channel_id: str, key: str, message: render.Message
+    ) -> None: ...
+
+
 class AttentionHandler:
     """history, settings and set (called by the command handler) and the settings modal."""
 
@@ -54,12 +63,15 @@ class AttentionHandler:
         access: AccessControl,
         permalinks: Permalinks,
         clock: Clock = utcnow,
+        notices: NoticeQueue | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
         self.access = access
         self.permalinks = permalinks
         self.clock = clock
+        #: Where the channel's "who changed what" notice goes (None: the log only).
+        self.notices = notices
 
     def register(self, app: AsyncApp) -> None:
         app.view(SETTINGS_CALLBACK_ID)(self.submit)
@@ -76,21 +88,19 @@ class AttentionHandler:
         team = str(command.get("team_id", ""))
         channel = str(command.get("channel_id", ""))
         user = str(command.get("user_id", ""))
+        # The command handler has checked already; kept here so no other caller skips it.
         denial = await self.access.check(team, channel, user, parsed.verb)
+        if denial:
+            await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
+            return
         if parsed.verb == "history":
-            if denial:
-                await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
-                return
             count = parsed.count or 10
             work = guarded(None, lambda: self._history(team, channel, count))
             await answer(ack, respond, work, "Looking up this channel's finished watches…")
         elif parsed.verb == "settings":
-            await self._show(ack, respond, client, team, channel, user, command, denial)
+            await self._show(ack, respond, client, team, channel, user, command)
         elif parsed.verb == "set":
-            if denial:
-                await ack(response_type="ephemeral", **render.notice(denial).as_kwargs())
-                return
-            await self._set(ack, client, team, channel, user, parsed.words)
+            await self._set(ack, team, channel, user, parsed.words)
 
     # --- history ------------------------------------------------------------------------
 
@@ -114,13 +124,11 @@ class AttentionHandler:
         channel: str,
         user: str,
         command: dict[str, Any],
-        denial: str | None,
     ) -> None:
         current = await asyncio.to_thread(self.settings.get, team, channel)
-        message = settings_message(current, note=denial, can_change=denial is None)
-        await ack(response_type="ephemeral", **message.as_kwargs())
+        await ack(response_type="ephemeral", **settings_message(current).as_kwargs())
         trigger_id = str(command.get("trigger_id") or "")
-        if denial or not trigger_id:
+        if not trigger_id:
             return
         try:
             await asyncio.wait_for(
@@ -145,13 +153,7 @@ class AttentionHandler:
             )
 
     async def _set(
-        self,
-        ack: AsyncAck,
-        client: AsyncWebClient,
-        team: str,
-        channel: str,
-        user: str,
-        words: tuple[str, ...],
+        self, ack: AsyncAck, team: str, channel: str, user: str, words: tuple[str, ...]
     ) -> None:
         try:
             key, value = parse_setting(words[0], " ".join(words[1:]), channel_id=channel)
@@ -166,10 +168,12 @@ class AttentionHandler:
             await ack(response_type="ephemeral", **settings_message(after, note=note).as_kwargs())
             return
         saved = f":white_check_mark: Saved. `{key}` is now set for this channel."
+        if key == "alerts" and after.alerts:
+            saved += f" Make sure I am a member of <#{after.alerts}> (`/invite @import-status`)."
         await ack(response_type="ephemeral", **settings_message(after, note=saved).as_kwargs())
-        await self._announce(client, team, channel, user, before, after)
+        await self._announce(team, channel, user, before, after)
 
-    async def submit(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+    async def submit(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """A settings modal submitted: errors shown in the modal, or saved and closed."""
         view = body.get("view") or {}
         user = str((body.get("user") or {}).get("id", ""))
@@ -203,18 +207,17 @@ class AttentionHandler:
         before, after = await asyncio.to_thread(
             self.settings.update, team, channel, changes, user, self.clock()
         )
-        await self._announce(client, team, channel, user, before, after)
+        await self._announce(team, channel, user, before, after)
 
     async def _announce(
-        self,
-        client: AsyncWebClient,
-        team: str,
-        channel: str,
-        user: str,
-        before: ChannelSettings,
-        after: ChannelSettings,
+        self, team: str, channel: str, user: str, before: ChannelSettings, after: ChannelSettings
     ) -> None:
-        """Tell the channel and the log who changed what."""
+        """Tell the channel and the log who changed what.
+
+        The channel's notice is a channel post (``bot/slack/channel_posts.py``): it
+        waits while Slack has the channel wait, and takes its fate from
+        ``bot/slack/errors.py``, as every other message to the channel does.
+        """
         changes = after.changes_from(before)
         for key, old, new in changes:
             log.info(
@@ -224,16 +227,16 @@ class AttentionHandler:
                 new,
                 extra={"team": team, "channel": channel, "user": user},
             )
-        if not changes:
+        if not changes or self.notices is None:
             return
         try:
-            await client.chat_postMessage(
-                channel=channel, **change_notice(user, before, after).as_kwargs()
+            await self.notices.queue_notice(
+                team, channel, f"settings:{uuid.uuid4().hex}", change_notice(user, before, after)
             )
         except Exception as exc:  # the change is saved; only the notice is lost
             log.warning(
-                "could not tell the channel about its settings change (%s)",
-                slack_error(exc),
+                "could not queue the channel's settings notice (%s)",
+                type(exc).__name__,
                 extra={"team": team, "channel": channel},
             )
 

@@ -18,10 +18,18 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.clock import utcnow
+from bot.domain.batch import MAX_BATCH
 from bot.metrics import METRICS
 from bot.mypreferences.errors import ApiError
 from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
-from bot.service import CardOutcome, ImportService, WatchOutcome, WatchResult
+from bot.service import (
+    BatchLookupFailed,
+    BatchWatchOutcome,
+    CardOutcome,
+    ImportService,
+    WatchOutcome,
+    WatchResult,
+)
 from bot.slack import render
 from bot.slack.listeners.access import AccessControl
 
@@ -31,7 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMMAND = "/import-status"
-MAX_TEXT_LENGTH = 200
+# Room for a batch: 20 of the longest tokens (19 digits) after "unsubscribe".
+MAX_TEXT_LENGTH = 500
 # How long a command may wait for the API before acknowledging with "Looking up…".
 QUICK_ANSWER_SECONDS = 1.5
 
@@ -44,6 +53,7 @@ class Command:
     problem: str | None = None
     count: int | None = None  # history: how many
     words: tuple[str, ...] = ()  # set: the key and the value's words
+    tokens: tuple[int, ...] = ()  # watch, unwatch: a batch's access tokens (2 to MAX_BATCH)
 
 
 _VERBS = {
@@ -78,10 +88,19 @@ def parse_command(text: str | None) -> Command:
         if len(words) > 1:
             return Command("invalid", problem=f"`{first}` takes no arguments.")
         return Command(verb)
-    if verb in ("watch", "unwatch", "exceptions"):
+    if verb == "exceptions":
         if len(words) != 2:
             return Command("invalid", problem=f"`{first}` needs exactly one access token.")
         return _with_token(verb, words[1])
+    if verb in ("watch", "unwatch"):
+        if len(words) == 1:
+            return Command(
+                "invalid",
+                problem=f"`{first}` needs an access token, or up to {MAX_BATCH} of them.",
+            )
+        if len(words) == 2:
+            return _with_token(verb, words[1])
+        return _batch(verb, first, words[1:])
     if verb == "history":
         return _history(words[1:])
     if verb == "set":
@@ -110,6 +129,24 @@ def _history(args: list[str]) -> Command:
         )
     # More than the most just shows the most (the answer says so).
     return Command("history", count=min(int(args[0]), 10**6))
+
+
+def _batch(verb: str, typed: str, words: list[str]) -> Command:
+    """``watch``/``unwatch`` with several tokens: each a token, each once, at most MAX_BATCH."""
+    if len(words) > MAX_BATCH:
+        return Command(
+            "invalid", problem=f"`{typed}` takes at most {MAX_BATCH} access tokens at once."
+        )
+    tokens: list[int] = []
+    for word in words:
+        try:
+            token = parse_access_token(word)
+        except InvalidAccessToken as exc:
+            return Command("invalid", problem=str(exc))
+        if token in tokens:
+            return Command("invalid", problem=f"Import {token} is in the list twice.")
+        tokens.append(token)
+    return Command(verb, tokens=tuple(tokens))
 
 
 def _with_token(verb: str, word: str) -> Command:
@@ -228,6 +265,9 @@ class CommandHandler:
             work = guarded(None, lambda: self._list(team_id, channel_id))
             await answer(ack, respond, work, "Looking up this channel's watches…")
             return
+        if parsed.tokens:
+            await self._batch(ack, respond, parsed, team_id, channel_id, user_id)
+            return
         token = parsed.access_token
         assert token is not None  # every other verb carries one
         action, pending = {
@@ -298,6 +338,57 @@ class CommandHandler:
             return render.notice(f"This channel is not watching import {token}.")
         return render.notice(f"Stopped watching import {token} in this channel.")
 
+    async def _batch(
+        self,
+        ack: AsyncAck,
+        respond: AsyncRespond,
+        parsed: Command,
+        team_id: str,
+        channel_id: str,
+        user_id: str,
+    ) -> None:
+        """``watch`` or ``unwatch`` with a list of tokens."""
+        tokens = parsed.tokens
+        listed = _listed(tokens)
+        if parsed.verb == "watch":
+            work = guarded(None, lambda: self.watch_batch(team_id, channel_id, user_id, tokens))
+            await answer(ack, respond, work, f"Checking imports {listed} before watching them…")
+            return
+        work = guarded(None, lambda: self.unwatch_batch(team_id, channel_id, user_id, tokens))
+        await answer(ack, respond, work, f"Stopping the watches of imports {listed}…")
+
+    async def watch_batch(
+        self, team_id: str, channel_id: str, user_id: str, tokens: tuple[int, ...]
+    ) -> render.Message:
+        """Watch the imports as one batch; the answer says what became of its card."""
+        try:
+            outcome = await self.service.watch_batch(
+                team_id=team_id, channel_id=channel_id, user_id=user_id, access_tokens=tokens
+            )
+        except BatchLookupFailed as failed:
+            # Like a lookup: each token that could not be looked up costs what a failed one does.
+            for _ in range(failed.failures):
+                await self.access.record_failure(team_id, user_id)
+            return render.lookup_error_message(
+                failed.access_token,
+                f"{failed.error.user_message} Nothing was watched; "
+                "leave this import out and try again.",
+            )
+        return render.notice(batch_watch_answer(tokens, outcome))
+
+    async def unwatch_batch(
+        self, team_id: str, channel_id: str, user_id: str, tokens: tuple[int, ...]
+    ) -> render.Message:
+        stopped, missing = await self.service.unwatch_many(
+            team_id=team_id, channel_id=channel_id, user_id=user_id, access_tokens=tokens
+        )
+        lines = []
+        if stopped:
+            lines.append(f"Stopped watching imports {_listed(tuple(stopped))} in this channel.")
+        if missing:
+            lines.append(f"This channel was not watching {_listed(tuple(missing))}.")
+        return render.notice(" ".join(lines))
+
     async def _list(self, team_id: str, channel_id: str) -> render.Message:
         watches = await self.service.watches(team_id, channel_id)
         rows = [
@@ -311,6 +402,47 @@ class CommandHandler:
             for w in watches
         ]
         return render.watch_list_message(rows, utcnow())
+
+
+def _listed(tokens: tuple[int, ...]) -> str:
+    """1001, 1002 and 1003."""
+    words = [str(t) for t in tokens]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def batch_watch_answer(tokens: tuple[int, ...], outcome: BatchWatchOutcome) -> str:
+    """What the person who typed ``watch TOKEN TOKEN ...`` reads."""
+    listed = _listed(tokens)
+    if outcome.result is WatchResult.FINISHED:
+        return f"Imports {listed} have all finished already; there is nothing left to watch."
+    if outcome.result is WatchResult.ALREADY:
+        return (
+            f"This channel already watches {_listed(outcome.already)}. Nothing was started: "
+            "leave those out (or unwatch them first) and try again."
+        )
+    card = outcome.card
+    if outcome.result is WatchResult.REFUSED:
+        if card is not None and card.hint:
+            if card.error in ("not_in_channel", "channel_not_found"):
+                return card.hint
+            return f"I can't watch imports {listed} here. {card.hint}"
+        error = card.error if card is not None else "unknown"
+        return (
+            f"I can't watch imports {listed} here: Slack refused the batch's card ({error}). "
+            "Nothing was saved, and the error has been logged."
+        )
+    finished = [s.access_token for s in outcome.statuses if s.status.is_terminal]
+    done = f" ({_listed(tuple(finished))} had finished already.)" if finished else ""
+    after = "I will post in its thread as each one ends or fails."
+    if card is not None and card.outcome is CardOutcome.LATER:
+        return (
+            f"Watching imports {listed} in this channel as one batch. Slack asked me to slow "
+            f"down, so its card will appear shortly; {after}{done}"
+        )
+    return (
+        f"Watching imports {listed} in this channel as one batch: its card is posted, "
+        f"and {after}{done}"
+    )
 
 
 def watch_answer(token: int, outcome: WatchOutcome) -> str:
