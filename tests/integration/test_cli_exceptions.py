@@ -25,7 +25,7 @@ from bot.sandbox.mypreferences_simulator import (
     expected_reasons,
     generated_exception,
 )
-from tests.test_cli import AUTHORIZATION, CLIENT_ID, COMMAND, SECRETS, Run
+from tests.integration.test_cli import AUTHORIZATION, CLIENT_ID, COMMAND, SECRETS, Run
 
 
 @pytest.fixture(scope="module")
