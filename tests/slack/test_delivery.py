@@ -785,7 +785,12 @@ async def test_a_holder_whose_lease_lapsed_checks_before_sending_again(world: Wo
     add_events(world, sid, Status.QUEUED, Status.PROCESSING)
     world.slack.block = asyncio.Event()  # the first reply takes a long time
     delivering = asyncio.ensure_future(world.delivery.deliver_due())
-    await asyncio.sleep(0.05)
+
+    async def first_reply_sent() -> None:
+        while not world.slack.of("chat.postMessage"):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(first_reply_sent(), timeout=30)  # held by the slow Slack
     # Long after the lease ended (the heartbeat did not run: a frozen process),
     # another replica took the subscription over.
     world.clock.advance(60)
