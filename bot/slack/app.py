@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
@@ -136,4 +137,9 @@ def _not_token_skipped(record: logging.LogRecord) -> bool:
 
 
 async def _log_listener_error(error: Exception, body: dict[str, Any]) -> None:
+    if isinstance(error, aiohttp.ClientError | TimeoutError | OSError):
+        # Slack (or its response_url) could not be reached: the network's trouble, not a
+        # bug in the bot. One line, no traceback; the person can simply try again.
+        log.warning("could not answer Slack: %s: %s", type(error).__name__, str(error)[:200])
+        return
     log.error("listener error: %s", type(error).__name__, exc_info=error)

@@ -218,10 +218,12 @@ def test_sigterm_mid_tick_exits_zero_and_the_restart_loses_and_repeats_nothing(
     assert [c for c in sim.calls if c.access_token == TOKEN][-1].at < stopping_at
     assert "abandoning" not in bot.log_text()
 
-    # The tick finished its poll and kept the result; posting waits for the next start.
+    # The tick finished its poll and kept the result. Delivery, on its own loop, may
+    # have sent it while stopping, or left it to the next start: either way, once.
     (row,) = notification_rows(harness)
-    assert (row["event_key"], row["state"]) == ("transition:1:Processing", "pending")
-    assert replies(harness, card) == []
+    assert row["event_key"] == "transition:1:Processing"
+    assert row["state"] in ("pending", "sent")
+    assert len(replies(harness, card)) == (1 if row["state"] == "sent" else 0)
     harness.restart(bot)
     thread = wait_replies(harness, card, 1)
     sim.update(TOKEN, Status="Completed", Processed=1000)
