@@ -1,7 +1,6 @@
 """Three replicas on one PostgreSQL, and what their channels end up with.
 
-Shared by test_replicas.py and test_replica_kill.py, which are two modules so
-that their two long tests run side by side on two workers.
+The helpers of test_replicas.py. A killed replica is test_replica_takeover.py.
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ def healthy(bot: BotProcess) -> httpx.Response | None:
 def test_healthz_reports_the_database_and_the_watchers_last_tick(bot: BotProcess) -> None:
     def ticked() -> httpx.Response | None:
         answer = healthz(bot)
-        return answer if isinstance(answer.json().get("watcher"), dict) else None
+        watcher = answer.json().get("watcher")
+        ticked = isinstance(watcher, dict) and watcher.get("last_tick_seconds_ago") is not None
+        return answer if ticked else None
 
     answer = wait_for(ticked, timeout=PATIENCE, description="a finished watcher tick")
     assert answer.status_code == 200

@@ -172,6 +172,10 @@ def test_a_killed_replicas_imports_move_on_within_15_s_at_the_default_lease(
     assert not missing, f"{len(missing)} imports never announced Completed, e.g. {missing[:3]}"
     assert not late, f"{len(late)} imports announced it more than 15 s after the kill: {late}"
     assert set(polled_again) == set(orphaned)
+    # ... and never before the dead replica's lease ended: a lease is a promise.
+    for token, lease_until in orphaned.items():
+        early = killed_at + polled_again[token] + to_wall - lease_until
+        assert early >= -0.1, f"import {token} was polled {-early:.2f} s before its lease ended"
     assert not leftover, "a dead replica's lease was never taken over"
     # Every lease ended one HTTP timeout after its import was due again, not 60 s on.
     assert longest_lease <= POLL_INTERVAL + HTTP_TIMEOUT + 0.5, longest_lease

@@ -278,6 +278,24 @@ def test_a_data_folder_the_user_cannot_write_says_which_folder_and_uid(
     assert not (data / "import-status-bot.db").exists()
 
 
+def test_an_exceptions_dir_the_user_cannot_write_is_one_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        run = run_bot(
+            "serve",
+            cwd=tmp_path,
+            as_plain_user=True,
+            DATABASE_URL=f"sqlite:///{tmp_path}/import-status-bot.db",
+            EXCEPTIONS_DIR=str(locked),
+        )
+    finally:
+        locked.chmod(0o700)
+
+    assert_one_line_error(run, "EXCEPTIONS_DIR", f"{str(locked)!r} is not writable by the bot")
+    assert not (tmp_path / "import-status-bot.db").exists()
+
+
 def test_a_database_file_the_user_cannot_write_names_the_file(tmp_path: Path) -> None:
     database = tmp_path / "import-status-bot.db"
     first = run_bot("migrate", cwd=tmp_path, DATABASE_URL=f"sqlite:///{database}")

@@ -105,6 +105,20 @@ async def bolt_app(slack: SocketModeServer) -> AsyncIterator[tuple[AsyncApp, lis
         await handler.close_async()
 
 
+def settled(slack: SocketModeServer, quiet: float = 0.5, timeout: float = 10.0) -> None:
+    """Wait until one connection is open and none has opened or closed for ``quiet`` s."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = [(c.connection_id, c.open) for c in slack.connections()]
+        if now != last:
+            last, since = now, time.monotonic()
+        elif sum(is_open for _, is_open in now) == 1 and time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"connections never settled: {last}")
+
+
 def poll(check: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
     """Call ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -397,6 +411,9 @@ async def test_refresh_requested_makes_bolt_reconnect_and_commands_still_get_thr
         assert slack.disconnect("refresh_requested") == [1]
         await asyncio.to_thread(slack.wait_opened, 2)
         await asyncio.to_thread(slack.wait_connected, 1)
+        # slack-sdk may still open (and close) a second connection after the first one
+        # is ready; push once the set of connections has stayed the same for a moment.
+        await asyncio.to_thread(settled, slack)
         envelope_id = slack.push_command("43", response_url=RESPONSE_URL)
         ack = await asyncio.to_thread(slack.wait_ack, envelope_id)
         connections = slack.connections()
