@@ -105,9 +105,9 @@ def _settings(needs: set[Need]) -> Settings:
 
 
 def _migrate() -> int:
+    settings = _settings({Need.DATABASE})
     from bot.store.engine import make_engine, migrate
 
-    settings = _settings({Need.DATABASE})
     engine = make_engine(settings.database_url)
     try:
         revision = migrate(engine)
@@ -257,11 +257,6 @@ def _exceptions(raw_token: str, out: str | None, *, full: bool) -> int:
 
 
 def _serve(*, socket_mode: bool) -> int:
-    import uvicorn
-
-    from bot.runtime import Runtime
-    from bot.server import create_app
-
     needs = {Need.DATABASE, Need.API, Need.SLACK_SOCKET if socket_mode else Need.SLACK_HTTP}
     settings = _settings(needs)
     # The port first: a port already taken is one line, before anything is logged.
@@ -273,6 +268,13 @@ def _serve(*, socket_mode: bool) -> int:
     except OSError as exc:
         sock.close()
         raise ConfigError(_cannot_listen(settings.host, settings.port, exc)) from None
+    # Imported only now: a bad setting or a taken port is told without first spending
+    # a second of CPU on importing Bolt, SQLAlchemy and uvicorn.
+    import uvicorn
+
+    from bot.runtime import Runtime
+    from bot.server import create_app
+
     runtime = Runtime(settings, socket_mode=socket_mode)
     runtime.migrate()
     app = create_app(runtime, slack_routes=not socket_mode)

@@ -159,4 +159,7 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str]) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # Alembic names each plugin it registers at import time, at INFO: noise, and the
+    # bot imports it only after logging is set up (a bad setting is told sooner).
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
     logging.getLogger(STARTUP_LOGGER).setLevel(min(logging.INFO, root.level))

@@ -20,7 +20,7 @@ from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import message_text, wait_for
 from tests.integration.helpers import PATIENCE
 
-IMPORTS = 200
+IMPORTS = 100
 CHANNELS = 20
 REPLICAS = 3
 POLL_INTERVAL = 1.0  # active imports; the harness polls idle ones every 3 intervals
