@@ -127,7 +127,12 @@ class MyPreferencesClient:
         self._clock = clock
         self._wall_clock = wall_clock
         base = settings.api_url
-        self._base_url = base if base.endswith("/") else base + "/"
+        base = base if base.endswith("/") else base + "/"
+        # The URLs with the client id filled in, once: only the access token varies.
+        self._url_templates = {
+            template: base + _with_client_id(template, settings.client_id).lstrip("/")
+            for template in (settings.status_path, settings.exceptions_path)
+        }
 
     async def aclose(self) -> None:
         """Close the transport if this object created it."""
@@ -183,11 +188,7 @@ class MyPreferencesClient:
         return parse_exceptions_page(body)
 
     def _url(self, template: str, access_token: int) -> str:
-        # str.replace, not str.format: a configured template with other braces
-        # must not turn into a KeyError at request time.
-        path = template.replace("{clientId}", quote(self._settings.client_id, safe=""))
-        path = path.replace("{accessToken}", str(access_token))
-        return self._base_url + path.lstrip("/")
+        return self._url_templates[template].replace("{accessToken}", str(access_token))
 
     async def _get_object(
         self,
@@ -316,6 +317,12 @@ class MyPreferencesClient:
         if raw is None:
             raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
         return _Answer(code, retry_after, _decode_object(raw))
+
+
+def _with_client_id(template: str, client_id: str) -> str:
+    # str.replace, not str.format: a configured template with other braces must
+    # not turn into a KeyError at request time.
+    return template.replace("{clientId}", quote(client_id, safe=""))
 
 
 def _size(limit: int) -> str:

@@ -25,8 +25,7 @@ What this transport promises the client:
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
@@ -73,17 +72,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             data: bytes | None = request.content or None
         except httpx.RequestNotRead:
             raise httpx.UnsupportedProtocol("streamed request bodies are not supported") from None
-        with _mapped_errors(request):
+        # The header names as the caller wrote them (httpx keeps the raw bytes).
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        error = None
+        try:
             response = await session.request(
                 request.method,
                 url,
-                headers=request.headers.multi_items(),
+                headers=headers,
                 data=data,
                 allow_redirects=False,
                 timeout=self._timeout(request),
                 proxy=proxy,
                 proxy_auth=proxy_auth,
             )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = _as_httpx_error(exc, request)
+        if error is not None:
+            raise error
         extensions = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode("ascii", "replace")
@@ -150,9 +156,18 @@ class _Body(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped_errors(self._request):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+        chunks = self._response.content.iter_any().__aiter__()
+        while True:
+            error = None
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = _as_httpx_error(exc, self._request)
+            if error is not None:
+                raise error
+            yield chunk
 
     async def aclose(self) -> None:
         # A body read to its end returns the connection to the pool; one abandoned
@@ -160,29 +175,31 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
-@contextmanager
-def _mapped_errors(request: httpx.Request) -> Iterator[None]:
-    """Raise aiohttp's failures as the httpx exceptions the client maps to its errors."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        # aiohttp's own timers only: an outer asyncio.timeout cancels the task instead,
-        # and its TimeoutError is raised outside this block.
-        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc), request=request) from exc
-    except (
-        aiohttp.ServerDisconnectedError,
-        aiohttp.ClientPayloadError,
-        aiohttp.ClientResponseError,
-    ) as exc:
+def _as_httpx_error(exc: Exception, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception for one of aiohttp's failures, as the client maps httpx's.
+
+    The caller raises it outside its ``except`` block, so it carries no cause or
+    context: aiohttp's exceptions hold the request's headers (the Authorization
+    value) in their repr, which a logged traceback would print. The message keeps
+    aiohttp's own words, which name the URL but no header.
+    """
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(exc, TimeoutError):
+        # aiohttp's own timers (ServerTimeoutError is a TimeoutError): an outer
+        # asyncio.timeout cancels the task instead and raises outside the transport.
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError,
+    ):
         # Closed before or during the answer, or an answer that is not valid HTTP.
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
-    except aiohttp.ClientConnectionError as exc:
-        raise httpx.ReadError(str(exc), request=request) from exc
-    except aiohttp.ClientError as exc:
-        raise httpx.TransportError(str(exc), request=request) from exc
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(message, request=request)
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return httpx.ReadError(message, request=request)
+    return httpx.TransportError(message, request=request)

@@ -117,6 +117,12 @@ class Poller:
         self.last_failure: str | None = None
         self.stopping = False
         self._limit = asyncio.Semaphore(settings.poll_concurrency)
+        # The poll counter per outcome, looked up once: labels() takes a lock and
+        # builds a key on every call, thousands of times a second at full speed.
+        self._polls_counted = {
+            outcome: METRICS.polls.labels(outcome=outcome)
+            for outcome in ("error", "expired", "changed", "unchanged")
+        }
 
     async def tick(self) -> TickReport:
         """Poll what is due and have the channels told. Never raises; never waits on Slack.
@@ -291,7 +297,7 @@ class Poller:
             if decision.changed
             else "unchanged"
         )
-        METRICS.polls.labels(outcome=outcome_label).inc()
+        self._polls_counted[outcome_label].inc()
         return PollResult(
             import_id=item.id,
             decision=decision,
