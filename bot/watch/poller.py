@@ -145,6 +145,8 @@ class Poller:
         failed = False
         try:
             while not self.stopping:
+                # With every slot taken, nothing could be leased: that is not "nothing due".
+                full = len(self._in_flight) >= self.capacity
                 started_now = await self._refill()
                 started += started_now
                 saved, new_events, returned = await self._flush()
@@ -156,7 +158,7 @@ class Poller:
                 self._succeeded()
                 if not started_now and not self._in_flight:
                     break
-                if started_now:
+                if started_now or full:
                     nothing_due_since = None
                 elif nothing_due_since is None:
                     nothing_due_since = loop.time()
