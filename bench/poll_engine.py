@@ -208,6 +208,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if profiler:
             profiler.enable()
         report = await watcher.tick()
+        # The tick ends once nothing is left to lease; polls still in flight then
+        # finish in the background (the next tick saves them). The cycle ends with them.
+        stragglers = n - report.polled
+        await watcher.drain(settings.http_timeout_seconds)
         if profiler:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -218,8 +222,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         statements = dict(writes.statements)
         calls = sim.calls_by_token()
         outcomes = {o: _polls(o) - before[o] for o in OUTCOMES}
-        if report.polled != n or outcomes["unchanged"] + outcomes["error"] != n:
-            raise RuntimeError(f"the cycle polled {report.polled} imports ({outcomes}), not {n}")
+        if outcomes["unchanged"] + outcomes["error"] != n:
+            raise RuntimeError(f"the cycle polled {outcomes}, not {n} imports")
         if report.notifications:
             raise RuntimeError(f"{report.notifications} notifications: a poll was not unchanged")
         peak = peak_rss_mb()
@@ -254,6 +258,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bot_cpu_util": cpu / cycle,
         "simulator_cpu_util": sim_cpu / cycle,
         "failed_polls": int(outcomes["error"]),
+        "finished_after_tick": stragglers,
         "status_calls": sum(calls.values()),
         "tokens_called_twice": sum(1 for c in calls.values() if c > 1),
         "rows_written_per_poll": total_rows / n,
@@ -281,7 +286,8 @@ def print_report(r: dict[str, Any]) -> None:
         (
             "polls that failed",
             r["failed_polls"],
-            f"{r['status_calls']} status calls, {r['tokens_called_twice']} tokens twice",
+            f"{r['status_calls']} status calls, {r['tokens_called_twice']} tokens twice, "
+            f"{r['finished_after_tick']} finished after the tick",
         ),
         ("lower bound N*D/C", f"{r['bound_s']:.2f} s", ""),
         ("bound / measured", f"{r['bound_over_measured']:.2f}", "goal >= 0.8"),
