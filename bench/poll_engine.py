@@ -12,8 +12,16 @@ rowcount of INSERT/UPDATE/DELETE statements), peak RSS, and a baseline: the
 sequential loop a user would write by hand with the same client, over a
 sample, extrapolated to N.
 
+The product's client and, for the ratio, the client as it was before issue 13
+(``--client old``: httpx's own pools, split into pools of 10 connections, through
+``httpx.AsyncClient``; kept here only) run in alternation, each in a fresh
+process, ``--rounds`` times; the summary gives each run and the same-round CPU
+ratio against the old client.
+
     .venv/bin/python -m bench.poll_engine                    # N=10000 D=0.05 C=50, SQLite
+    .venv/bin/python -m bench.poll_engine -c 200             # C=200 (bound 2.5 s)
     .venv/bin/python -m bench.poll_engine -n 1000            # a quick run
+    .venv/bin/python -m bench.poll_engine --client new --profile /tmp/p.prof
     .venv/bin/python -m bench.poll_engine --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 """
 
@@ -22,13 +30,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import logging
+import math
 import multiprocessing
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -89,6 +104,41 @@ class WriteCounter:
             self._cursors.clear()
 
 
+class SplitHttpxPools(httpx.AsyncBaseTransport):
+    """The client's HTTP before issue 13, for the comparison only.
+
+    Up to ``max_connections`` split into ``httpx.AsyncClient`` pools of at most 10
+    (httpcore's pool cost grows with its size), each request on the least busy
+    one, sent with ``AsyncClient.send(stream=True)`` as ``AsyncClient.stream`` did.
+    """
+
+    def __init__(self, max_connections: int, timeout: float) -> None:
+        pools = math.ceil(max_connections / 10)
+        size = math.ceil(max_connections / pools)
+        tls = httpx.create_ssl_context()
+        self._pools = [
+            httpx.AsyncClient(
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                verify=tls,
+            )
+            for _ in range(pools)
+        ]
+        self._in_flight = [0] * pools
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)
+        self._in_flight[pool] += 1
+        try:
+            return await self._pools[pool].send(request, stream=True)
+        finally:
+            self._in_flight[pool] -= 1
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
 def _seed(database_url: str, template: dict[str, Any], tokens: Sequence[int]) -> None:
     """Runs in a child process, so seeding does not count in this process's peak RSS."""
     engine = make_engine(database_url)
@@ -110,7 +160,7 @@ def peak_rss_mb() -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     n, delay, concurrency = args.imports, args.delay, args.concurrency
-    max_connections = args.max_connections or max(100, concurrency + 20)  # as bot.runtime does
+    max_connections = max(100, concurrency + 20)  # as bot.runtime does
     with (
         SimulatorProcess(n, delay) as sim,
         scratch_database(args.database_url) as database_url,
@@ -128,16 +178,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         engine = make_engine(database_url)
         migrate(engine)
-        single_pool = None
-        if args.single_pool:
-            # The client as it was before it split its connections over small pools.
-            single_pool = httpx.AsyncClient(
-                timeout=settings.http_timeout_seconds,
-                limits=httpx.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                ),
-            )
-        api = MyPreferencesClient(settings, http=single_pool, max_connections=max_connections)
+        old = None
+        if args.client == "old":
+            old = SplitHttpxPools(max_connections, settings.http_timeout_seconds)
+        api = MyPreferencesClient(settings, transport=old, max_connections=max_connections)
         template = await api.get_status(sim.tokens[0])
         seeder = multiprocessing.get_context("spawn").Process(
             target=_seed, args=(database_url, template.to_json(), list(sim.tokens))
@@ -156,13 +200,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rss_before = peak_rss_mb()
 
         before = {o: _polls(o) for o in OUTCOMES}
-        profiler = cProfile.Profile() if args.profile else None
+        # The CPU timer: on a shared machine wall time would count the waits for a core.
+        profiler = cProfile.Profile(time.process_time) if args.profile else None
         sim_cpu = sim.cpu_seconds()
         cpu = time.process_time()
         started = time.perf_counter()
         if profiler:
             profiler.enable()
         report = await watcher.tick()
+        # The tick ends once nothing is left to lease; polls still in flight then
+        # finish in the background (the next tick saves them). The cycle ends with them.
+        stragglers = n - report.polled
+        await watcher.drain(settings.http_timeout_seconds)
         if profiler:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -173,8 +222,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         statements = dict(writes.statements)
         calls = sim.calls_by_token()
         outcomes = {o: _polls(o) - before[o] for o in OUTCOMES}
-        if report.polled != n or outcomes["unchanged"] + outcomes["error"] != n:
-            raise RuntimeError(f"the cycle polled {report.polled} imports ({outcomes}), not {n}")
+        if outcomes["unchanged"] + outcomes["error"] != n:
+            raise RuntimeError(f"the cycle polled {outcomes}, not {n} imports")
         if report.notifications:
             raise RuntimeError(f"{report.notifications} notifications: a poll was not unchanged")
         peak = peak_rss_mb()
@@ -187,8 +236,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = (time.perf_counter() - baseline_started) / len(sample) * n
 
         await api.aclose()
-        if single_pool is not None:
-            await single_pool.aclose()
+        if old is not None:
+            await old.aclose()
         engine.dispose()
 
     bound = n * delay / concurrency
@@ -197,8 +246,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "imports": n,
         "delay_s": delay,
         "concurrency": concurrency,
+        "client": args.client,
         "max_connections": max_connections,
-        "http_pools": 1 if args.single_pool else len(api._pools),
         "database": database_url.split(":", 1)[0],
         "capacity": watcher.capacity,
         "cycle_s": cycle,
@@ -209,6 +258,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bot_cpu_util": cpu / cycle,
         "simulator_cpu_util": sim_cpu / cycle,
         "failed_polls": int(outcomes["error"]),
+        "finished_after_tick": stragglers,
         "status_calls": sum(calls.values()),
         "tokens_called_twice": sum(1 for c in calls.values() if c > 1),
         "rows_written_per_poll": total_rows / n,
@@ -231,16 +281,13 @@ def print_report(r: dict[str, Any]) -> None:
         ("imports polled (N)", n, ""),
         ("response delay D / concurrency C", f"{r['delay_s']:g} s / {r['concurrency']}", ""),
         ("database, leased in flight", f"{r['database']}, {r['capacity']}", ""),
-        (
-            "HTTP connections",
-            f"{r['max_connections']} in {r['http_pools']} pool(s)",
-            "",
-        ),
+        ("client, connections", f"{r['client']}, {r['max_connections']}", CLIENTS[r["client"]]),
         ("cycle time", f"{r['cycle_s']:.2f} s", f"{r['polls_per_s']:.0f} polls/s"),
         (
             "polls that failed",
             r["failed_polls"],
-            f"{r['status_calls']} status calls, {r['tokens_called_twice']} tokens twice",
+            f"{r['status_calls']} status calls, {r['tokens_called_twice']} tokens twice, "
+            f"{r['finished_after_tick']} finished after the tick",
         ),
         ("lower bound N*D/C", f"{r['bound_s']:.2f} s", ""),
         ("bound / measured", f"{r['bound_over_measured']:.2f}", "goal >= 0.8"),
@@ -268,6 +315,61 @@ def print_report(r: dict[str, Any]) -> None:
     print(table(("measure", "value", "note"), rows))
 
 
+CLIENTS = {
+    "new": "one aiohttp pool behind httpx types (the product)",
+    "old": "httpx.AsyncClient pools of 10 (before issue 13)",
+}
+
+
+def _run_in_child(args: argparse.Namespace, client: str) -> dict[str, Any]:
+    """One cycle with ``client`` in a fresh process (this module, ``--child``)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "result.json"
+        argv = [sys.executable, "-m", "bench.poll_engine", "--child", str(out)]
+        argv += ["-n", str(args.imports), "-d", str(args.delay), "-c", str(args.concurrency)]
+        argv += ["--sample", str(args.sample), "--client", client]
+        if args.database_url:
+            argv += ["--database-url", args.database_url]
+        subprocess.run(argv, check=True)
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+def print_summary(results: list[dict[str, Any]]) -> None:
+    """One row per run; CPU against the old client of the same round."""
+    rows = []
+    for r in results:
+        same_round = [o for o in results if o["round"] == r["round"] and o["client"] == "old"]
+        ratio = r["cpu_ms_per_poll"] / same_round[0]["cpu_ms_per_poll"] if same_round else None
+        rows.append(
+            (
+                r["round"],
+                r["client"],
+                r["concurrency"],
+                round(r["cycle_s"], 2),
+                round(r["bound_s"], 2),
+                round(r["bound_over_measured"], 2),
+                round(r["cpu_ms_per_poll"], 3),
+                "" if ratio is None else f"{ratio:.2f}",
+                round(r["peak_rss_mb"]),
+                r["failed_polls"],
+            )
+        )
+    headers = (
+        "round",
+        "client",
+        "C",
+        "cycle s",
+        "bound s",
+        "bound/measured",
+        "CPU ms/poll",
+        "CPU vs old",
+        "peak RSS MB",
+        "failed",
+    )
+    print(table(headers, rows))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--imports", type=int, default=10_000, help="watched imports")
@@ -276,22 +378,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=200, help="baseline sample size")
     parser.add_argument("--database-url", help="PostgreSQL server URL (default: SQLite file)")
     parser.add_argument(
-        "--max-connections", type=int, help="httpx pool size (default: as the bot sizes it)"
+        "--client",
+        choices=("both", *CLIENTS),
+        default="both",
+        help="the product's client, the old one, or both in alternation (default)",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the clients")
     parser.add_argument(
-        "--single-pool",
-        action="store_true",
-        help="one httpx pool of --max-connections (the client before it split its pool)",
+        "--profile", metavar="PATH", help="write cProfile stats of the cycle (one client)"
     )
-    parser.add_argument("--profile", metavar="PATH", help="write cProfile stats of the cycle")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.child:
+        Path(args.child).write_text(json.dumps(asyncio.run(run(args))))
+        return 0
+    if args.profile:
+        if args.client == "both":
+            parser.error("--profile needs --client new or --client old")
+        print_machine()
+        print_report(asyncio.run(run(args)))
+        return 0
 
     info = print_machine()
-    result = asyncio.run(run(args))
-    print_report(result)
-    write_json(args.json, {"machine": info, **result})
+    clients = ["old", "new"] if args.client == "both" else [args.client]
+    results = []
+    for round_ in range(1, args.rounds + 1):
+        for client in clients:
+            # A fresh process each: its CPU time, peak RSS and metrics are that run's alone.
+            result = _run_in_child(args, client)
+            result["round"] = round_
+            print(f"\nround {round_}, client {client}:")
+            print_report(result)
+            results.append(result)
+    print()
+    print_summary(results)
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average before: {info['load_before']}, after: {load_after}")
+    write_json(args.json, {"machine": {**info, "load_after": load_after}, "runs": results})
     return 0
 
 

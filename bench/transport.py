@@ -307,6 +307,21 @@ class HttpxTransportOnly:
         await self._transport.aclose()
 
 
+class BotTransport(HttpxTransportOnly):
+    """(bot) The product: ``bot.mypreferences.transport.AiohttpTransport``, one pool of C.
+
+    httpx's Request/Response sent straight to the bot's own transport over aiohttp
+    (as ``MyPreferencesClient._send`` does), the body inflated by ``BoundedBody``.
+    """
+
+    def __init__(self, concurrency: int, timeout: float) -> None:
+        from bot.mypreferences.transport import AiohttpTransport
+
+        self._transport = AiohttpTransport(max_connections=concurrency)  # type: ignore[assignment]
+        self._timeout = httpx.Timeout(timeout).as_dict()
+        self.stats = ReadStats()
+
+
 # --------------------------------------------------------------------------- aiohttp
 
 
@@ -483,6 +498,7 @@ CANDIDATES: dict[str, Candidate] = {
     "c": Candidate("(c) httpx + httpx-aiohttp", HttpxOverAiohttp),
     "d": Candidate("(d) aiohttp.ClientSession", AiohttpSession),
     "c-transport": Candidate("(e) httpx-aiohttp, transport only", HttpxTransportOnly),
+    "bot": Candidate("(bot) the bot's transport (chosen)", BotTransport),
     "a+uv": Candidate("(e) today's (a) on uvloop", SplitHttpxPools, "uvloop", ("uvloop",)),
     "c+uv": Candidate("(e) httpx-aiohttp on uvloop", HttpxOverAiohttp, "uvloop", ("uvloop",)),
     "d+uv": Candidate("(e) aiohttp on uvloop", AiohttpSession, "uvloop", ("uvloop",)),
@@ -494,7 +510,7 @@ CANDIDATES: dict[str, Candidate] = {
         "(e) httpx + pyreqwest transport", HttpxOverReqwest, needs=("pyreqwest",)
     ),
 }
-DEFAULT_CANDIDATES = "a,b,c,c-transport,d,d+uv,rq,rq-httpx"
+DEFAULT_CANDIDATES = "a,b,c,c-transport,bot,d,d+uv,rq,rq-httpx"
 
 
 def _run_in_loop(loop: str, main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,17 +41,13 @@ from bot.mypreferences.parsing import (
     parse_retry_after,
 )
 from bot.mypreferences.tokens import check_access_token
+from bot.mypreferences.transport import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 # A page of exception records is bigger than a status: 1,000 profiles of up to 8 KiB each.
 MAX_EXCEPTIONS_PAGE_BYTES = 8 * 1024 * 1024
-# httpcore's pool scans every connection it holds on each request and each response,
-# so its CPU cost per request grows with the pool: with 50 requests in flight, one
-# pool of 50 or 100 connections cost ~8 ms of CPU per request, pools of at most 10
-# ~1 ms (bench/README.md). A large pool is therefore split into several small ones.
-CONNECTIONS_PER_POOL = 10
 
 
 @dataclass(frozen=True)
@@ -92,16 +87,18 @@ class _Answer:
 class MyPreferencesClient:
     """Reads import status and exceptions from the MyPreferences API.
 
-    Owns its ``httpx.AsyncClient`` unless one is passed in; use ``async with``
-    or call ``aclose()``. ``sleep``, ``random``, ``clock`` and ``wall_clock``
-    are injectable so tests run instantly and deterministically.
+    Sends ``httpx.Request``s through an httpx transport: its own
+    ``transport.AiohttpTransport`` unless one is passed in (a test's
+    ``httpx.MockTransport``); use ``async with`` or call ``aclose()``. ``sleep``,
+    ``random``, ``clock`` and ``wall_clock`` are injectable so tests run instantly
+    and deterministically.
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         random: Callable[[], float] = random.random,
@@ -112,41 +109,35 @@ class MyPreferencesClient:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._settings = settings
-        self._owns_http = http is None
-        if http is None:
-            # The watcher polls up to POLL_CONCURRENCY imports at once; size the
-            # pools for that rather than relying on httpx's default.
-            pools = math.ceil(max_connections / CONNECTIONS_PER_POOL)
-            size = math.ceil(max_connections / pools)
-            # One TLS context for all the pools: making one loads the CA bundle (some
-            # 20 ms of CPU), which ten pools would otherwise pay at every start.
-            tls = httpx.create_ssl_context()
-            self._pools = [
-                httpx.AsyncClient(
-                    timeout=settings.http_timeout_seconds,
-                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                    verify=tls,
-                )
-                for _ in range(pools)
-            ]
-            http = self._pools[0]
-        else:
-            self._pools = [http]
-        self._in_flight = [0] * len(self._pools)
-        self._http = http
-        self._auth = authenticator or make_authenticator(settings, http)
+        self._owns_transport = transport is None
+        if transport is None:
+            # The watcher polls up to POLL_CONCURRENCY imports at once: one pool sized
+            # for that (aiohttp's pool costs the same per request at any size).
+            transport = AiohttpTransport(max_connections=max_connections)
+        self._transport = transport
+        # Requests are sent to the transport directly (see transport.py); the OAuth
+        # token request, rare and a form POST, goes through an AsyncClient on the same pool.
+        self._auth = authenticator or make_authenticator(
+            settings, httpx.AsyncClient(transport=transport, timeout=settings.http_timeout_seconds)
+        )
+        # Every request's timeouts, as httpx.AsyncClient(timeout=...) would set them.
+        self._timeout = httpx.Timeout(settings.http_timeout_seconds).as_dict()
         self._sleep = sleep
         self._random = random
         self._clock = clock
         self._wall_clock = wall_clock
         base = settings.api_url
-        self._base_url = base if base.endswith("/") else base + "/"
+        base = base if base.endswith("/") else base + "/"
+        # The URLs with the client id filled in, once: only the access token varies.
+        self._url_templates = {
+            template: base + _with_client_id(template, settings.client_id).lstrip("/")
+            for template in (settings.status_path, settings.exceptions_path)
+        }
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_http:
-            for pool in self._pools:
-                await pool.aclose()
+        """Close the transport if this object created it."""
+        if self._owns_transport:
+            await self._transport.aclose()
 
     async def __aenter__(self) -> MyPreferencesClient:
         return self
@@ -197,11 +188,7 @@ class MyPreferencesClient:
         return parse_exceptions_page(body)
 
     def _url(self, template: str, access_token: int) -> str:
-        # str.replace, not str.format: a configured template with other braces
-        # must not turn into a KeyError at request time.
-        path = template.replace("{clientId}", quote(self._settings.client_id, safe=""))
-        path = path.replace("{accessToken}", str(access_token))
-        return self._base_url + path.lstrip("/")
+        return self._url_templates[template].replace("{accessToken}", str(access_token))
 
     async def _get_object(
         self,
@@ -288,23 +275,23 @@ class MyPreferencesClient:
         max_bytes: int = MAX_BODY_BYTES,
     ) -> _Answer:
         """One GET. Non-2xx answers are returned; transport and body trouble raise."""
-        # The least busy pool, so a few slow answers never queue requests behind them.
-        pool = min(range(len(self._pools)), key=self._in_flight.__getitem__)
-        self._in_flight[pool] += 1
+        # No redirect is ever followed (transport.py): the Authorization header
+        # must never be replayed to another host.
+        request = httpx.Request(
+            "GET",
+            url,
+            params=params,
+            headers={
+                "Authorization": header,
+                "Accept": "application/json",
+                # Whatever the server does, read_limited caps what it decodes.
+                **ACCEPT_IDENTITY,
+            },
+            extensions={"timeout": self._timeout},
+        )
         try:
-            # httpx does not follow redirects by default: the Authorization header
-            # must never be replayed to another host.
-            async with self._pools[pool].stream(
-                "GET",
-                url,
-                params=params,
-                headers={
-                    "Authorization": header,
-                    "Accept": "application/json",
-                    # Whatever the server does, read_limited caps what it decodes.
-                    **ACCEPT_IDENTITY,
-                },
-            ) as response:
+            response = await self._transport.handle_async_request(request)
+            try:
                 code = response.status_code
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), self._wall_clock()
@@ -314,6 +301,8 @@ class MyPreferencesClient:
                 if _declared_too_large(response, max_bytes):
                     raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
                 raw = await read_limited(response, max_bytes)
+            finally:
+                await response.aclose()
         except httpx.ConnectTimeout as exc:
             # Chaining keeps the cause for operators; httpx error messages carry
             # no headers, so no secret reaches a traceback line.
@@ -325,11 +314,15 @@ class MyPreferencesClient:
         except httpx.HTTPError as exc:
             # Refused, reset, closed mid-answer: the server never answered with an error.
             raise errors.Unreachable(f"network error ({type(exc).__name__})") from exc
-        finally:
-            self._in_flight[pool] -= 1
         if raw is None:
             raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
         return _Answer(code, retry_after, _decode_object(raw))
+
+
+def _with_client_id(template: str, client_id: str) -> str:
+    # str.replace, not str.format: a configured template with other braces must
+    # not turn into a KeyError at request time.
+    return template.replace("{clientId}", quote(client_id, safe=""))
 
 
 def _size(limit: int) -> str:

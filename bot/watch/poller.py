@@ -117,6 +117,12 @@ class Poller:
         self.last_failure: str | None = None
         self.stopping = False
         self._limit = asyncio.Semaphore(settings.poll_concurrency)
+        # The poll counter per outcome, looked up once: labels() takes a lock and
+        # builds a key on every call, thousands of times a second at full speed.
+        self._polls_counted = {
+            outcome: METRICS.polls.labels(outcome=outcome)
+            for outcome in ("error", "expired", "changed", "unchanged")
+        }
 
     async def tick(self) -> TickReport:
         """Poll what is due and have the channels told. Never raises; never waits on Slack.
@@ -139,6 +145,8 @@ class Poller:
         failed = False
         try:
             while not self.stopping:
+                # With every slot taken, nothing could be leased: that is not "nothing due".
+                full = len(self._in_flight) >= self.capacity
                 started_now = await self._refill()
                 started += started_now
                 saved, new_events, returned = await self._flush()
@@ -150,7 +158,7 @@ class Poller:
                 self._succeeded()
                 if not started_now and not self._in_flight:
                     break
-                if started_now:
+                if started_now or full:
                     nothing_due_since = None
                 elif nothing_due_since is None:
                     nothing_due_since = loop.time()
@@ -291,7 +299,7 @@ class Poller:
             if decision.changed
             else "unchanged"
         )
-        METRICS.polls.labels(outcome=outcome_label).inc()
+        self._polls_counted[outcome_label].inc()
         return PollResult(
             import_id=item.id,
             decision=decision,

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -36,6 +37,7 @@ from bot.mypreferences.client import (
     RetryPolicy,
     parse_retry_after,
 )
+from bot.mypreferences.transport import AiohttpTransport
 
 API_URL = "https://mp.test/Profiles/"
 TOKEN_URL = "https://auth.test/oauth/token"
@@ -176,10 +178,9 @@ def make_client(
         **kwargs: Any,
     ) -> tuple[MyPreferencesClient, FakeServer]:
         server = FakeServer(api, token)
-        http = httpx.AsyncClient(transport=httpx.MockTransport(server))
         client = MyPreferencesClient(
             settings or static_settings(),
-            http=http,
+            transport=httpx.MockTransport(server),
             sleep=fake_time.sleep,
             random=random,
             clock=fake_time.clock,
@@ -251,9 +252,10 @@ async def test_oauth_body_mode_sends_credentials_in_the_form(make_client: Any) -
 async def test_oauth_token_is_cached_and_refreshed_shortly_before_expiry() -> None:
     server = FakeServer(replies(ok()), FakeServer.issue_tokens(expires_in=3600))
     now = [0.0]
-    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    transport = httpx.MockTransport(server)
+    http = httpx.AsyncClient(transport=transport)
     auth = OAuthClientCredentials(oauth_config(), http, clock=lambda: now[0])
-    client = MyPreferencesClient(oauth_settings(), http=http, authenticator=auth)
+    client = MyPreferencesClient(oauth_settings(), transport=transport, authenticator=auth)
 
     await client.get_status(1)
     now[0] = 3239.0  # 90 % of 3600 s is 3240 s, earlier than 3600 - 60
@@ -841,22 +843,34 @@ def test_retry_policy_defaults_and_validation() -> None:
         RetryPolicy(base_delay=-1)
 
 
-async def test_own_http_client_is_sized_and_closed() -> None:
-    settings = static_settings(http_timeout_seconds=3.5)
-    async with MyPreferencesClient(settings, max_connections=7) as client:
-        http = client._http
-        assert http.timeout == httpx.Timeout(3.5)
-        pool = http._transport._pool  # type: ignore[attr-defined]
-        assert (pool._max_connections, pool._max_keepalive_connections) == (7, 7)
-    assert http.is_closed
+async def test_own_transport_is_one_pool_of_max_connections_and_is_closed() -> None:
+    async with MyPreferencesClient(static_settings(), max_connections=7) as client:
+        transport = client._transport
+        assert isinstance(transport, AiohttpTransport)
+        assert transport.max_connections == 7
+    # Its aiohttp session exists once a request was made; closing the client closes it.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{unused.getsockname()[1]}/"
+    async with MyPreferencesClient(static_settings(api_url=refused)) as client:
+        transport = client._transport
+        assert isinstance(transport, AiohttpTransport)
+        with pytest.raises(errors.Unreachable):
+            await client.get_status(1, retry=NO_RETRY)
+        assert not transport.is_closed
+    assert transport.is_closed
 
 
-async def test_an_injected_http_client_is_left_open() -> None:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(replies(ok())))
-    async with MyPreferencesClient(static_settings(), http=http):
+async def test_an_injected_transport_is_left_open() -> None:
+    closed: list[bool] = []
+
+    class Transport(httpx.MockTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async with MyPreferencesClient(static_settings(), transport=Transport(replies(ok()))):
         pass
-    assert not http.is_closed
-    await http.aclose()
+    assert closed == []
 
 
 async def test_one_debug_line_per_attempt_without_headers(

@@ -227,11 +227,10 @@ async def test_a_connect_timeout_says_the_api_could_not_be_reached() -> None:
     def connect_times_out(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectTimeout("timed out", request=request)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(connect_times_out))
-    api = MyPreferencesClient(settings_for("http://mypreferences.invalid/"), http=http)
+    transport = httpx.MockTransport(connect_times_out)
+    api = MyPreferencesClient(settings_for("http://mypreferences.invalid/"), transport=transport)
     with pytest.raises(errors.Unreachable) as raised:
         await api.get_status(4242, retry=ONE_TRY)
-    await http.aclose()
 
     assert "could not reach MyPreferences" in raised.value.user_message
 

@@ -294,9 +294,7 @@ def _client(body: bytes) -> MyPreferencesClient:
     settings = Settings(
         api_url="https://mp.test/Profiles/", client_id="ACME", authorization=Secret("x")
     )
-    return MyPreferencesClient(
-        settings, http=httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    )
+    return MyPreferencesClient(settings, transport=httpx.MockTransport(handler))
 
 
 async def test_an_exceptions_page_of_several_mib_is_read() -> None:

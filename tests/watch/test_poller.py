@@ -415,6 +415,33 @@ def test_a_slow_import_does_not_hold_back_the_others_results() -> None:
     assert len(api.calls(1)) == 1, "the slow import was asked twice"
 
 
+def test_a_tick_with_every_slot_taken_waits_for_them_instead_of_ending() -> None:
+    # Nothing finishes for a whole second while all 100 leased slots are busy and
+    # more imports are due: the tick must not take that for "only stragglers are
+    # left" and end after 0.5 s, leaving the rest for the next tick.
+    settings = replace(SETTINGS, poll_interval_seconds=60.0, idle_poll_interval_seconds=180.0)
+    polls = FakePolls()
+    tokens = list(range(1, 201))
+    watched(polls, *tokens)
+    api = FakeApi({t: after(1.0) for t in tokens})
+    p_capacity = 100
+
+    async def main() -> TickReport:
+        p = poller(polls, api, settings=settings)
+        assert p.capacity == p_capacity
+        report = await p.tick()
+        settle(p)
+        return report
+
+    report = run_virtual(main)
+
+    # Every import was started in this one tick, and only the last stragglers (those
+    # started once nothing was left to lease) finish after it.
+    assert report.started == len(tokens) and report.given_back == 0
+    assert report.polled >= len(tokens) - p_capacity
+    assert all(len(api.calls(t)) <= 1 for t in tokens)
+
+
 # --------------------------------------------------------------------------- backoff
 
 
