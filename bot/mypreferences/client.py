@@ -45,6 +45,7 @@ from bot.mypreferences.transport import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
+USER_AGENT = "import-status-bot"
 MAX_BODY_BYTES = 1024 * 1024
 # A page of exception records is bigger than a status: 1,000 profiles of up to 8 KiB each.
 MAX_EXCEPTIONS_PAGE_BYTES = 8 * 1024 * 1024
@@ -286,6 +287,8 @@ class MyPreferencesClient:
                 "Accept": "application/json",
                 # Whatever the server does, read_limited caps what it decodes.
                 **ACCEPT_IDENTITY,
+                # So the API's operators can tell the bot's calls apart.
+                "User-Agent": USER_AGENT,
             },
             extensions={"timeout": self._timeout},
         )

@@ -126,6 +126,7 @@ async def test_a_status_over_the_transport_carries_the_headers_and_no_cookies_ba
     assert f"authorization: {AUTHORIZATION}".lower() in lowered
     assert "accept: application/json" in lowered
     assert "accept-encoding: identity" in lowered
+    assert "\r\nuser-agent: import-status-bot\r\n" in lowered
     # Both requests went over one kept-alive connection.
     assert keep_alive_server.connections == 1
     assert len(keep_alive_server.requests) == 2
