@@ -98,16 +98,18 @@ def _after_finish(now: datetime, forecast: Forecast, schedule: Schedule) -> date
     Never before the next cell starts (at most one poll per cell: the call
     budget), never closer than ``min_spacing`` to this poll.
     """
-    interval = schedule.active_interval
-    if schedule.min_spacing >= interval:
+    if schedule.min_spacing >= schedule.active_interval:
         return None
-    cell = math.floor((now - forecast.since).total_seconds() / interval)
-    next_cell = forecast.since + timedelta(seconds=(cell + 1) * interval)
+    # In whole microseconds (timedelta arithmetic), so that no rounding can put two
+    # polls in one cell.
+    interval = timedelta(seconds=schedule.active_interval)
+    cell = (now - forecast.since) // interval
+    next_cell = forecast.since + (cell + 1) * interval
     target = max(
-        forecast.finish_at + timedelta(seconds=ETA_MARGIN * interval),
+        forecast.finish_at + ETA_MARGIN * interval,
         now + timedelta(seconds=schedule.min_spacing),
         next_cell,
     )
-    if target >= next_cell + timedelta(seconds=interval):
+    if target >= next_cell + interval:
         return None  # the finish is further off: the regular poll comes first
     return target
