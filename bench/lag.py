@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Harness(Path(tmp) / m.name, poll_interval=interval, quiet_logs=True)
             for m in modes(interval)
         ]
+        users: list[SlackUser] = []
         try:
             for harness in harnesses:
                 # Slack's workspace-wide limit on card edits (Tier 3, 50 a minute) is lifted:
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 h.start_bot(**common_env, **m.env)
                 for h, m in zip(harnesses, modes(interval), strict=True)
             ]
-            users = [h.user(bot) for h, bot in zip(harnesses, bots, strict=True)]
+            users += [h.user(bot) for h, bot in zip(harnesses, bots, strict=True)]
             started = time.monotonic()
             for j, (after, seconds) in enumerate(plans):
                 for harness, user in zip(harnesses, users, strict=True):
@@ -156,6 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for j, (_, seconds) in enumerate(plans)
                 ]
         finally:
+            for user in users:
+                user.close()
             for harness in harnesses:
                 harness.close()
     return summarise(results, interval)
