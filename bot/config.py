@@ -87,6 +87,8 @@ class Settings:
     lookup_budget_seconds: float = 20.0
     poll_interval_seconds: float = 60.0
     idle_poll_interval_seconds: float = 300.0
+    # The closest an ETA-aware early poll comes to the poll before it (README).
+    poll_min_spacing_seconds: float = 10.0
     max_backoff_seconds: float = 900.0
     poll_concurrency: int = 20
     tick_seconds: float = 2.0
@@ -126,6 +128,7 @@ class Settings:
             idle_interval=self.idle_poll_interval_seconds,
             max_backoff=self.max_backoff_seconds,
             expiry_warning=timedelta(minutes=self.expiry_warning_minutes),
+            min_spacing=self.poll_min_spacing_seconds,
         )
 
     def secrets(self) -> list[str]:
@@ -217,6 +220,11 @@ def load_settings(
         poll_interval_seconds=poll_interval,
         idle_poll_interval_seconds=reader.number(
             "IDLE_POLL_INTERVAL_SECONDS", max(poll_interval * 5, poll_interval), minimum=0.1
+        ),
+        # A sixth of the interval (10 s at 60 s): an early poll lands at most that close to
+        # the one before, so a wrong estimate costs little, and the budget holds anyway.
+        poll_min_spacing_seconds=reader.number(
+            "POLL_MIN_SPACING_SECONDS", poll_interval / 6, minimum=0.05
         ),
         max_backoff_seconds=reader.number(
             "MAX_BACKOFF_SECONDS", max(900.0, poll_interval), minimum=0.1

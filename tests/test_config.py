@@ -84,6 +84,13 @@ def test_defaults_match_the_settings_dataclass() -> None:
     assert load_settings({}) == Settings()
 
 
+def test_the_minimum_spacing_of_early_polls_is_a_sixth_of_the_interval_unless_set() -> None:
+    assert load_settings({}).schedule().min_spacing == 10
+    assert load_settings({"POLL_INTERVAL_SECONDS": "30"}).schedule().min_spacing == 5
+    explicit = {"POLL_INTERVAL_SECONDS": "30", "POLL_MIN_SPACING_SECONDS": "12.5"}
+    assert load_settings(explicit).schedule().min_spacing == 12.5
+
+
 def test_blank_values_count_as_unset() -> None:
     settings = load_settings({"PORT": "  ", "LOG_LEVEL": "", "DATABASE_URL": " "})
 
@@ -175,6 +182,8 @@ def test_oauth_settings_are_read_with_basic_client_auth_by_default() -> None:
         ("LOOKUP_BUDGET_SECONDS", "soon", "expected a number"),
         ("IDLE_POLL_INTERVAL_SECONDS", "x", "expected a number"),
         ("MAX_BACKOFF_SECONDS", "0", "at least 0.1"),
+        ("POLL_MIN_SPACING_SECONDS", "0", "at least 0.05"),
+        ("POLL_MIN_SPACING_SECONDS", "soon", "expected a number"),
         ("POLL_CONCURRENCY", "0", "at least 1"),
         ("POLL_CONCURRENCY", "2.5", "expected a whole number"),
         ("TICK_SECONDS", "0.001", "at least 0.05"),

@@ -6,7 +6,8 @@ records done), kept with the import and moved only when the count goes back.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from bot.domain.status import ImportStatus, Status
 
@@ -37,3 +38,25 @@ def estimate_seconds_left(
         return None
     rate = (done - base_done) / elapsed
     return max(0.0, (total - done) / rate)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """When Processing should end, and since when the rate behind it was measured."""
+
+    #: The rate base: the first Processing observation, itself a poll.
+    since: datetime
+    #: The moment the last record should be done, at the rate seen since ``since``.
+    finish_at: datetime
+
+
+def finish_forecast(
+    status: ImportStatus | None, base_at: datetime | None, base_done: int | None, now: datetime
+) -> Forecast | None:
+    """The forecast the poll schedule uses; None while the rate is unknown."""
+    if status is None or base_at is None:
+        return None
+    left = estimate_seconds_left(status, base_at, base_done, now)
+    if left is None:
+        return None
+    return Forecast(since=base_at, finish_at=now + timedelta(seconds=left))

@@ -11,7 +11,10 @@ from another, so all shared state sits behind one ``threading.Lock``. The lock i
 only ever held for short synchronous sections, never across an ``await``.
 
 Scripted imports move lazily: each request applies the steps whose time has come,
-so there is no background task and an idle simulator costs nothing.
+so there is no background task and an idle simulator costs nothing. An import may
+also process at a steady rate (``SteadyRate``): its Processed count is worked out
+from the clock at each request, and it turns Completed at a known moment
+(``finishes_at``), what the lag benchmark measures from.
 """
 
 from __future__ import annotations
@@ -94,6 +97,16 @@ class Step:
     changes: dict[str, object]
 
 
+@dataclass(frozen=True)
+class SteadyRate:
+    """Processing at a steady rate: Queued (or as added) until ``after`` seconds after
+    ``add_import``, then Processing, its ValidationSuccessful records processed evenly
+    over ``seconds``, then Completed with all of them processed."""
+
+    after: float
+    seconds: float
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One request the simulator answered (control endpoints are not recorded)."""
@@ -115,6 +128,7 @@ class _Import:
     next_step: int = 0
     exception_count: int | None = None  # generated records, whatever Exceptions says
     quirks: frozenset[str] = frozenset()
+    steady: SteadyRate | None = None
 
 
 @dataclass
@@ -248,6 +262,7 @@ class Simulator:
         exception_records: list[dict[str, object]] | None = None,
         exception_count: int | None = None,
         exceptions_quirks: Sequence[str] = (),
+        steady: SteadyRate | None = None,
         **fields: object,
     ) -> None:
         """Create (or replace) an import.
@@ -260,7 +275,8 @@ class Simulator:
         ``MAX_GENERATED_EXCEPTIONS``), or exactly ``exception_count`` when given (for
         large archives: only the requested page is ever generated). See
         ``generated_exception`` for what they hold. ``exceptions_quirks`` (``QUIRKS``)
-        make its Retrieve exceptions misbehave.
+        make its Retrieve exceptions misbehave. ``steady`` makes it process at a
+        steady rate (after any ``script`` steps due at the same moment).
         """
         if expires is None:
             expires = datetime.now(UTC) + timedelta(hours=DEFAULT_TOKEN_LIFETIME_HOURS)
@@ -294,6 +310,7 @@ class Simulator:
             exception_records=list(exception_records) if exception_records is not None else None,
             exception_count=_checked_count(exception_count),
             quirks=_checked_quirks(exceptions_quirks),
+            steady=steady,
         )
         _set_fields(record, {"Expires": expires, **fields})
         with self._lock:
@@ -306,6 +323,14 @@ class Simulator:
             # Due steps first, so this explicit change wins over older scripted ones.
             _apply_due_steps(record, time.monotonic())
             _set_fields(record, fields)
+
+    def finishes_at(self, access_token: int) -> float | None:
+        """When a steady-rate import turns Completed (``time.monotonic()``); None otherwise."""
+        with self._lock:
+            record = self._imports[access_token]
+        if record.steady is None:
+            return None
+        return record.created + record.steady.after + record.steady.seconds
 
     def remove(self, access_token: int) -> None:
         """Forget an import (later requests for it get 401). Unknown tokens are ignored."""
@@ -684,6 +709,21 @@ def _apply_due_steps(record: _Import, now: float) -> None:
     while record.next_step < len(script) and record.created + script[record.next_step].after <= now:
         _set_fields(record, script[record.next_step].changes)
         record.next_step += 1
+    if record.steady is not None:
+        _apply_steady_rate(record, record.steady, now - record.created)
+
+
+def _apply_steady_rate(record: _Import, steady: SteadyRate, elapsed: float) -> None:
+    """Status and Processed of a steady-rate import ``elapsed`` seconds after it was added."""
+    if elapsed < steady.after:
+        return
+    total = record.fields.get("ValidationSuccessful")
+    total = total if isinstance(total, int) and not isinstance(total, bool) else 0
+    share = (elapsed - steady.after) / steady.seconds if steady.seconds > 0 else 1.0
+    if share >= 1.0:
+        record.fields.update(Status="Completed", Processed=total)
+    else:
+        record.fields.update(Status="Processing", Processed=int(total * share))
 
 
 def exception_total(record: _Import) -> int:

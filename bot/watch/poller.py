@@ -24,6 +24,7 @@ from typing import Protocol
 
 from bot.clock import Clock, utcnow
 from bot.config import Settings
+from bot.domain.eta import finish_forecast
 from bot.domain.expiry import is_expired
 from bot.domain.rules import EXPIRED, Expired, Failure, Outcome, decide
 from bot.domain.schedule import next_poll_at
@@ -282,6 +283,7 @@ class Poller:
             self.schedule,
             self.jitter(),
             retry_after=error.retry_after if error else None,
+            forecast=finish_forecast(status, memory.rate_base_at, memory.rate_base_done, now),
         )
         if error is not None:
             log.warning(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.domain.eta import estimate_seconds_left
+from bot.domain.eta import Forecast, estimate_seconds_left, finish_forecast
 from bot.domain.events import Event, EventKind
 from bot.domain.rules import (
     EXPIRED,
@@ -607,6 +607,22 @@ def test_estimate_seconds_left_is_none_when_unknown(
     now = NOW + timedelta(seconds=elapsed)
 
     assert estimate_seconds_left(current, base_at, base_done, now) is None
+
+
+def test_finish_forecast_is_the_moment_the_rate_since_the_base_reaches_the_total() -> None:
+    now = NOW + timedelta(seconds=100)
+
+    forecast = finish_forecast(status(Status.PROCESSING, 200), NOW, 100, now)
+
+    assert forecast == Forecast(since=NOW, finish_at=now + timedelta(seconds=800))
+
+
+def test_finish_forecast_is_none_while_the_rate_is_unknown() -> None:
+    later = NOW + timedelta(seconds=100)
+
+    assert finish_forecast(None, NOW, 100, later) is None
+    assert finish_forecast(status(Status.PROCESSING, 200), None, None, later) is None
+    assert finish_forecast(status(Status.PROCESSING, 100), NOW, 100, later) is None
 
 
 # ----- property: transitions ------------------------------------------------------

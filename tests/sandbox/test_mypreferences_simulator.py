@@ -18,6 +18,7 @@ from bot.sandbox.devserver import ServerThread
 from bot.sandbox.mypreferences_simulator import (
     DEFAULT_AUTHORIZATION,
     Simulator,
+    SteadyRate,
     Step,
     base_url,
     expected_reasons,
@@ -226,6 +227,36 @@ def test_odd_field_values_and_extra_fields_pass_through_unchanged(
     assert body["BrandNewField"] == [1, 2]
     sim.update(3, Status="COMPLETED")
     assert http.get(status_path(3), headers=AUTH).json()["Status"] == "COMPLETED"
+
+
+def test_a_steady_rate_import_processes_evenly_and_completes_when_it_said(
+    sim: Simulator, http: httpx.Client
+) -> None:
+    sim.add_import(
+        12, status="Queued", ValidationSuccessful=1000, steady=SteadyRate(after=0.5, seconds=2.0)
+    )
+    finish = sim.finishes_at(12)
+    assert finish is not None
+    assert http.get(status_path(12), headers=AUTH).json()["Status"] == "Queued"
+
+    time.sleep(1.0)
+    asked = time.monotonic()
+    body = http.get(status_path(12), headers=AUTH).json()
+    answered = time.monotonic()
+    # The count follows the clock: between the shares due when asked and when answered.
+    low, high = (int(1000 * (t - (finish - 2.0)) / 2.0) for t in (asked, answered))
+    assert body["Status"] == "Processing"
+    assert low <= body["Processed"] <= high
+
+    time.sleep(max(0.0, finish - time.monotonic()) + 0.05)
+    body = http.get(status_path(12), headers=AUTH).json()
+    assert (body["Status"], body["Processed"]) == ("Completed", 1000)
+
+
+def test_an_import_without_a_steady_rate_has_no_finish_moment(sim: Simulator) -> None:
+    sim.add_import(13)
+
+    assert sim.finishes_at(13) is None
 
 
 def test_scripted_steps_apply_when_their_time_comes(sim: Simulator, http: httpx.Client) -> None:

@@ -625,3 +625,54 @@ def test_drain_gives_back_what_did_not_finish() -> None:
 
     assert polls.rows[1].lease_owner is None and 1 in polls.abandoned
     assert polls.rows[2].memory.failures == 0
+
+
+# --------------------------------------------------------------------------- ETA-aware polling
+
+
+def steady(finish: float) -> Answer:
+    """An import processing 1,000 records evenly from virtual time 0, Completed at ``finish``."""
+
+    async def answer(token: int) -> ImportStatus:
+        t = asyncio.get_running_loop().time()
+        if t >= finish:
+            return status(token, Status.COMPLETED, 1000)
+        return status(token, Status.PROCESSING, int(1000 * t / finish))
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("finish", "min_spacing", "expected_calls"),
+    [
+        # Seen 0.5 s (5 % of the interval) after the finish, not at 30 s.
+        (25.0, 1.0, [0.0, 10.0, 25.5]),
+        # Just after the regular poll's time: that poll waits for it.
+        (20.3, 1.0, [0.0, 10.0, 21.0]),
+        # A minimum spacing of the interval is fixed-interval polling, as before.
+        (25.0, 10.0, [0.0, 10.0, 20.0, 30.0]),
+    ],
+)
+def test_a_steady_import_is_polled_just_after_its_predicted_finish(
+    finish: float, min_spacing: float, expected_calls: list[float]
+) -> None:
+    settings = replace(
+        SETTINGS,
+        poll_interval_seconds=10.0,
+        idle_poll_interval_seconds=30.0,
+        poll_min_spacing_seconds=min_spacing,
+    )
+    polls = FakePolls()
+    watched(polls, 1)
+    api = FakeApi({1: steady(finish)})
+
+    async def main() -> None:
+        await tick_every(poller(polls, api, settings=settings), settings.tick_seconds, until=35.0)
+
+    run_virtual(main)
+
+    # Polled at 0 (the rate base), 10 (the rate is known), then just after the finish,
+    # rounded up to the next tick.
+    assert api.calls(1) == pytest.approx(expected_calls, abs=1e-6)
+    final = polls.rows[1].memory.status
+    assert final is not None and final.status is Status.COMPLETED
