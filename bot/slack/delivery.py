@@ -444,8 +444,7 @@ class Delivery:
         go on meanwhile (a card edit never holds back a message)."""
         now = self.clock()
         turn = self._card_turns.pop(d.subscription_id, None)
-        paused = self.card_pace.paused(d.team_id, now.timestamp())
-        if turn is not None and not paused:
+        if turn is not None:
             if turn <= now or urgent:
                 return True  # the turn booked for this card: it needs no other
             self._card_turns[d.subscription_id] = turn
@@ -645,17 +644,17 @@ class Delivery:
             return CardResult(CardOutcome.REFUSED, failed.detail, error.hint)
         attempts = d.card_attempts + 1
         if error.fate is Fate.RATE_LIMITED and not posting:
-            # chat.update's limit is the workspace's (Tier 3), not the channel's: no
-            # card edit in the workspace before Retry-After; messages go on.
+            # chat.update's limit is not chat.postMessage's: this card waits Retry-After,
+            # the channel's messages go on. Other cards keep to the pace (``card_pace``):
+            # one channel's 429 stalls no other channel's card.
             wait = failed.retry_after or 1.0
             METRICS.slack_rate_limit_waits.inc()
             log.info(
-                "Slack rate limit on %s: no card edits for %.0f s",
+                "Slack rate limit on %s: this card waits %.0f s",
                 failed.method,
                 wait,
-                extra={"team": d.team_id},
+                extra={"team": d.team_id, "channel": d.channel_id},
             )
-            self.card_pace.pause(d.team_id, now.timestamp() + wait)
         elif error.fate is Fate.RATE_LIMITED:
             wait = failed.retry_after or 1.0
             await self._wait(d.team_id, d.channel_id, now, wait, failed.method)

@@ -31,12 +31,11 @@ class Pacer:
         self.burst = max(1, burst)
         self._tolerance = (self.burst - 1) * interval
         self._next: dict[Hashable, float] = {}
-        self._paused: dict[Hashable, float] = {}
 
     def delay(self, key: Hashable, now: float) -> float:
         """Seconds until a call for ``key`` may go (0: now); nothing is booked."""
         allowed = max(self._next.get(key, now), now) - self._tolerance
-        return max(0.0, allowed - now, self._paused.get(key, now) - now)
+        return max(0.0, allowed - now)
 
     def take(self, key: Hashable, now: float) -> float:
         """Book a call now if one may go (returns 0), else return the seconds to wait."""
@@ -55,16 +54,6 @@ class Pacer:
         self._book(key, now + wait)
         return wait
 
-    def pause(self, key: Hashable, until: float) -> None:
-        """Slack said wait (Retry-After): nothing for ``key`` before ``until``, then
-        one call at a time again (no burst right after a 429)."""
-        self._paused[key] = max(self._paused.get(key, until), until)
-        self._next[key] = max(self._next.get(key, until), until + self._tolerance)
-
-    def paused(self, key: Hashable, now: float) -> bool:
-        """Whether a Retry-After for ``key`` is still running."""
-        return self._paused.get(key, now) > now
-
     def _book(self, key: Hashable, at: float) -> None:
         self._next[key] = max(self._next.get(key, at), at) + self.interval
         if len(self._next) > _PRUNE_ABOVE:
@@ -73,5 +62,3 @@ class Pacer:
     def _prune(self, now: float) -> None:
         for key in [k for k, at in self._next.items() if at <= now]:
             del self._next[key]
-        for key in [k for k, at in self._paused.items() if at <= now]:
-            del self._paused[key]

@@ -46,20 +46,3 @@ def test_reservations_hand_out_turns_one_interval_apart_after_the_burst() -> Non
     assert [round(b - a, 6) for a, b in itertools.pairwise(turns[2:])] == [1.2, 1.2, 1.2]
     # Whoever asks next is served after every booked turn.
     assert round(pacer.delay("T1", 0.0), 6) == round(turns[-1] + 1.2, 6)
-
-
-def test_a_pause_holds_every_call_until_it_ends_then_no_burst() -> None:
-    pacer = Pacer(interval=1.0, burst=5)
-    pacer.pause("T1", 30.0)
-    assert pacer.paused("T1", 29.9)
-    assert pacer.take("T1", 10.0) == 20.0
-    assert not pacer.paused("T1", 30.0)
-    assert pacer.take("T1", 30.0) == 0.0
-    assert pacer.take("T1", 30.0) == 1.0, "one at a time after a 429"
-
-
-def test_an_earlier_pause_never_shortens_a_later_one() -> None:
-    pacer = Pacer(interval=1.0, burst=1)
-    pacer.pause("T1", 30.0)
-    pacer.pause("T1", 10.0)
-    assert pacer.delay("T1", 0.0) == 30.0
