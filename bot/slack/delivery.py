@@ -413,7 +413,7 @@ class Delivery:
                 ts = await self._post_card(d, new=new)
             elif (
                 d.card_done < d.card_wanted
-                and not _later(d.card_retry_at, now)
+                and (not _later(d.card_retry_at, now) or (urgent and _deferred(d)))
                 and await self._card_turn(d, urgent)
             ):
                 ts = await self._edit_card(d, ts)
@@ -443,12 +443,13 @@ class Delivery:
         chat.update limit is booked and stored as the card's retry time; the replies
         go on meanwhile (a card edit never holds back a message)."""
         now = self.clock()
-        turn = self._card_turns.pop(d.subscription_id, None)
-        if turn is not None:
-            if turn <= now or urgent:
-                return True  # the turn booked for this card: it needs no other
-            self._card_turns[d.subscription_id] = turn
-            return False
+        booked_here = self._card_turns.pop(d.subscription_id, None) is not None
+        if _deferred(d):
+            # Its turn has come (or someone is waiting for it): it needs no other. A
+            # turn another replica booked is counted here too.
+            if not booked_here:
+                self.card_pace.reserve(d.team_id, now.timestamp())
+            return True
         wait = self.card_pace.reserve(d.team_id, now.timestamp())
         if urgent or wait <= 0:
             return True
@@ -884,6 +885,11 @@ def _upload_failure(exc: BaseException) -> _Failed:
 
 def _attempt_limit(error: SlackError) -> int:
     return MAX_RATE_LIMITED_ATTEMPTS if error.fate is Fate.RATE_LIMITED else MAX_ATTEMPTS
+
+
+def _deferred(d: DeliveryState) -> bool:
+    """The card's edit waits for its turn at the pace (``defer_card``), not after a failure."""
+    return d.card_retry_at is not None and d.card_error is None
 
 
 def _later(when: datetime | None, now: datetime) -> bool:

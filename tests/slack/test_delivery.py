@@ -904,3 +904,20 @@ async def test_unwatch_edits_its_card_at_once_even_behind_a_queue_of_edits(
     await world.delivery.deliver_now(mine)
     assert world.slack.of("chat.update")[-1].channel == "C99", "someone is waiting for it"
     assert subscription(world, mine)["card_done"] == 2
+
+
+async def test_a_card_turn_booked_by_one_replica_is_kept_by_another(world: World) -> None:
+    subs = [watch(world, f"C{n}") for n in range(51)]
+    for sid in subs:
+        want_card_edit(world, sid)
+    await world.delivery.deliver_due()  # 50 edits; the 51st books its turn
+    (last,) = [sid for sid in subs if subscription(world, sid)["card_done"] == 1]
+    turn = subscription(world, last)["card_retry_at"]
+    assert turn is not None
+    other = world.other_replica()
+    for _ in range(60):  # the other replica has a queue of its own
+        other.card_pace.reserve(TEAM, world.clock().timestamp())
+
+    world.clock.now = turn
+    await other.deliver_due()
+    assert subscription(world, last)["card_done"] == 2, "edited at its turn, not queued again"
