@@ -90,6 +90,7 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             idle_seconds=settings.tick_seconds,
             alerts=self.posts,
+            card_edits_per_minute=settings.slack_card_edits_per_minute,
         )
         self.batch_delivery = BatchDelivery(
             self.store.batches,

@@ -80,11 +80,11 @@ SWEEP_SECONDS = 300.0
 # documented so that jitter on the way does not make a call arrive early. Messages:
 # "1 per second per channel", "short bursts" (Slack gives no number; 5 is what the
 # emulator allows; a smaller real burst costs one 429, honoured as always).
-# Card edits: chat.update is Tier 3, 50 a minute per workspace; bursts "welcome".
+# Card edits: chat.update is Tier 3, 50 a minute per workspace (SLACK_CARD_EDITS_PER_MINUTE),
+# with a minute's worth as the burst ("sporadic bursts are welcome").
 CHANNEL_MESSAGE_INTERVAL = 1.0 * 1.05
 CHANNEL_BURST = 5
-CARD_EDIT_INTERVAL = 60 / 50 * 1.05
-CARD_EDIT_BURST = 50
+CARD_EDITS_PER_MINUTE = 50.0
 # A card's booked turn is forgotten this long after it passed unused (the
 # subscription ended, or another replica edited the card).
 CARD_TURN_MEMORY = timedelta(hours=1)
@@ -137,6 +137,7 @@ class Delivery:
         clock: Clock = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         alerts: AlertQueue | None = None,
+        card_edits_per_minute: float = CARD_EDITS_PER_MINUTE,
     ) -> None:
         self.outbox = outbox
         #: Where alerts go (the channel posts); None: no alerts are sent.
@@ -165,7 +166,7 @@ class Delivery:
         # (``_paced_until``); a card edit that must wait books its turn
         # (``_card_turns``) and is not leased again before it.
         self.channel_pace = Pacer(CHANNEL_MESSAGE_INTERVAL, CHANNEL_BURST)
-        self.card_pace = Pacer(CARD_EDIT_INTERVAL, CARD_EDIT_BURST)
+        self.card_pace = Pacer(60 / card_edits_per_minute * 1.05, int(card_edits_per_minute))
         self._paced_until: dict[tuple[str, str], datetime] = {}
         self._card_turns: dict[int, datetime] = {}
 
