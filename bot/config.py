@@ -113,6 +113,8 @@ class Settings:
     exceptions_requests_per_second: float = DEFAULT_EXCEPTIONS_REQUESTS_PER_SECOND
     exceptions_offset: str = "record"
     digest_check_seconds: float = 60.0
+    # chat.update is Tier 3 ("50+ per minute" per workspace): card edits keep to it.
+    slack_card_edits_per_minute: float = 50.0
 
     def rules(self) -> Rules:
         """The product's rules as these settings tune them."""
@@ -276,6 +278,9 @@ def load_settings(
             "MYPREFERENCES_EXCEPTIONS_OFFSET", EXCEPTIONS_OFFSET_MODES, "record"
         ),
         digest_check_seconds=reader.number("DIGEST_CHECK_SECONDS", 60.0, minimum=0.1),
+        slack_card_edits_per_minute=reader.number(
+            "SLACK_CARD_EDITS_PER_MINUTE", 50.0, minimum=1, maximum=100_000
+        ),
     )
     return settings
 

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import text
@@ -89,6 +90,7 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             idle_seconds=settings.tick_seconds,
             alerts=self.posts,
+            card_edits_per_minute=settings.slack_card_edits_per_minute,
         )
         self.batch_delivery = BatchDelivery(
             self.store.batches,
@@ -174,6 +176,12 @@ class Runtime:
         removed = await asyncio.to_thread(sweep_stale, Path(self.settings.exceptions_dir))
         if removed:
             log.info("removed %d stale exceptions archive folders", removed)
+        # One aiohttp session (one connection pool) for every Web API call: without one,
+        # slack_sdk's AsyncWebClient opens a session, and a connection, for each call.
+        # Made here because a session belongs to the running event loop.
+        self.slack.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.slack.timeout)
+        )
         self.jobs.start()
         self.delivery.start()
         self.batch_delivery.start()
@@ -216,6 +224,8 @@ class Runtime:
         await self.delivery.stop(timeout=2.0)
         await self.batch_delivery.stop(timeout=2.0)
         await self.posts.stop()
+        if self.slack.session is not None:
+            await self.slack.session.close()
         await asyncio.to_thread(self.store.release_leases, self.owner)
         await self.api.aclose()
         self.engine.dispose()

@@ -388,3 +388,11 @@ def test_a_secret_still_works_as_the_string_it_holds() -> None:
 
     assert secret == "xoxb-abc" and secret.startswith("xoxb-") and f"{secret}" == "xoxb-abc"
     assert repr(secret) == "Secret('***')"
+
+
+def test_card_edits_per_minute_defaults_to_slacks_tier_3_and_is_checked() -> None:
+    assert load_settings({}).slack_card_edits_per_minute == 50
+    assert load_settings({"SLACK_CARD_EDITS_PER_MINUTE": "100"}).slack_card_edits_per_minute == 100
+    message = config_error({"SLACK_CARD_EDITS_PER_MINUTE": "0"})
+    assert message.startswith("SLACK_CARD_EDITS_PER_MINUTE:") and "at least 1" in message
+    assert "expected a number" in config_error({"SLACK_CARD_EDITS_PER_MINUTE": "lots"})

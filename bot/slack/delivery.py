@@ -53,6 +53,7 @@ from bot.slack.errors import (
     is_known,
     retry_after_seconds,
 )
+from bot.slack.pacing import Pacer
 from bot.slack.render_compact import compact_card
 from bot.slack.render_exceptions import card_line
 from bot.slack.uploads import ThreadUpload
@@ -74,6 +75,19 @@ SLACK_CALL_TIMEOUT_SECONDS = 10.0
 MAX_LEASE_SECONDS = 15.0
 # Finished waits are swept from the database this often.
 SWEEP_SECONDS = 300.0
+
+# Slack's limits, kept by spacing the calls (bot/slack/pacing.py), 5 % slower than
+# documented so that jitter on the way does not make a call arrive early. Messages:
+# "1 per second per channel", "short bursts" (Slack gives no number; 5 is what the
+# emulator allows; a smaller real burst costs one 429, honoured as always).
+# Card edits: chat.update is Tier 3, 50 a minute per workspace (SLACK_CARD_EDITS_PER_MINUTE),
+# with a minute's worth as the burst ("sporadic bursts are welcome").
+CHANNEL_MESSAGE_INTERVAL = 1.0 * 1.05
+CHANNEL_BURST = 5
+CARD_EDITS_PER_MINUTE = 50.0
+# A card's booked turn is forgotten this long after it passed unused (the
+# subscription ended, or another replica edited the card).
+CARD_TURN_MEMORY = timedelta(hours=1)
 
 # Where Slack accepts them: no link or media previews (cards stay compact), and no
 # re-parsing of text the bot has already escaped. chat.update takes only ``parse``
@@ -123,6 +137,7 @@ class Delivery:
         clock: Clock = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         alerts: AlertQueue | None = None,
+        card_edits_per_minute: float = CARD_EDITS_PER_MINUTE,
     ) -> None:
         self.outbox = outbox
         #: Where alerts go (the channel posts); None: no alerts are sent.
@@ -146,6 +161,14 @@ class Delivery:
         self._renewals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease-renewal")
         # When each lease this replica holds ends, as far as it knows.
         self._held: dict[int, datetime] = {}
+        # Messages are spaced per (workspace, channel), card edits per workspace.
+        # A channel whose next message must wait is left alone until then
+        # (``_paced_until``); a card edit that must wait books its turn
+        # (``_card_turns``) and is not leased again before it.
+        self.channel_pace = Pacer(CHANNEL_MESSAGE_INTERVAL, CHANNEL_BURST)
+        self.card_pace = Pacer(60 / card_edits_per_minute * 1.05, int(card_edits_per_minute))
+        self._paced_until: dict[tuple[str, str], datetime] = {}
+        self._card_turns: dict[int, datetime] = {}
 
     # ------------------------------------------------------------------ running
 
@@ -184,8 +207,20 @@ class Delivery:
             except Exception:
                 log.exception("delivery loop failed; trying again")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.idle_seconds)
+                await asyncio.wait_for(self._wakeup.wait(), self._idle())
             self._wakeup.clear()
+
+    def _idle(self) -> float:
+        """How long to wait for a wake-up: the idle tick, or less when a paced channel
+        or a booked card turn comes due sooner."""
+        now = self.clock()
+        soonest = min(
+            (at for at in (*self._paced_until.values(), *self._card_turns.values()) if at > now),
+            default=None,
+        )
+        if soonest is None:
+            return self.idle_seconds
+        return min(self.idle_seconds, max(0.01, (soonest - now).total_seconds()))
 
     async def _fill(self, skip: frozenset[int] = frozenset()) -> list[int]:
         """Lease due subscriptions up to the free slots and start delivering each."""
@@ -193,18 +228,24 @@ class Delivery:
         if free <= 0 or self._stopping:
             return []
         now = self.clock()
+        for key in [k for k, at in self._paced_until.items() if at <= now]:
+            del self._paced_until[key]
+        # One subscription per channel at a time, none in a channel being paced: every
+        # channel gets its turn, and none waits behind another's rate limit.
         ids = await asyncio.to_thread(
-            self.outbox.claim_deliveries, self.owner, now, free, self.lease_seconds
+            functools.partial(
+                self.outbox.claim_channel_heads,
+                self.owner,
+                now,
+                free,
+                self.lease_seconds,
+                skip_channels=frozenset(self._paced_until),
+                skip_subscriptions=skip | frozenset(self._in_flight),
+            )
         )
         until = now + timedelta(seconds=self.lease_seconds)
         started: list[int] = []
         for subscription_id in ids:
-            if subscription_id in self._in_flight or subscription_id in skip:
-                # Already delivered in this pass (deliver_due): the next pass tries again.
-                await asyncio.to_thread(
-                    self.outbox.release_subscription, subscription_id, self.owner
-                )
-                continue
             self._held[subscription_id] = until
             task = asyncio.ensure_future(self._run_leased(subscription_id))
             self._in_flight[subscription_id] = task
@@ -220,6 +261,8 @@ class Delivery:
         now = self.clock()
         if self._swept_at is None or (now - self._swept_at).total_seconds() >= SWEEP_SECONDS:
             self._swept_at = now
+            for sid in [s for s, at in self._card_turns.items() if at < now - CARD_TURN_MEMORY]:
+                del self._card_turns[sid]
             await asyncio.to_thread(self.outbox.clear_waits, now)
 
     async def deliver_due(self) -> int:
@@ -243,7 +286,7 @@ class Delivery:
         forgets the subscription. The lease is then kept until it runs out, so that
         no delivery picks the subscription up before it is forgotten.
         """
-        return await self._run_leased(subscription_id, new=True)
+        return await self._run_leased(subscription_id, new=True, urgent=True)
 
     async def deliver_now(self, subscription_id: int) -> CardResult:
         """Bring one subscription's channel up to date now (unwatch edits its card)."""
@@ -255,13 +298,15 @@ class Delivery:
             # Being delivered right now (here or by another replica): it will see the change.
             return CardResult(CardOutcome.LATER)
         self._held[subscription_id] = now + timedelta(seconds=self.lease_seconds)
-        return await self._run_leased(subscription_id)
+        return await self._run_leased(subscription_id, urgent=True)
 
-    async def _run_leased(self, subscription_id: int, *, new: bool = False) -> CardResult:
+    async def _run_leased(
+        self, subscription_id: int, *, new: bool = False, urgent: bool = False
+    ) -> CardResult:
         result = CardResult(CardOutcome.LATER)
         try:
             result = await self._holding(
-                subscription_id, self._load_and_deliver(subscription_id, new)
+                subscription_id, self._load_and_deliver(subscription_id, new, urgent)
             )
         except Exception:
             log.exception("delivery failed", extra={"subscription": subscription_id})
@@ -273,11 +318,13 @@ class Delivery:
                 )
         return result
 
-    async def _load_and_deliver(self, subscription_id: int, new: bool) -> CardResult:
+    async def _load_and_deliver(
+        self, subscription_id: int, new: bool, urgent: bool = False
+    ) -> CardResult:
         delivery = await asyncio.to_thread(self.outbox.delivery, subscription_id)
         if delivery is None:
             return CardResult(CardOutcome.LATER)
-        return await self._deliver(delivery, new=new)
+        return await self._deliver(delivery, new=new, urgent=urgent)
 
     async def _holding(
         self, subscription_id: int, work: Coroutine[Any, Any, CardResult]
@@ -342,8 +389,14 @@ class Delivery:
 
     # ------------------------------------------------------------------ one subscription
 
-    async def _deliver(self, d: DeliveryState, *, new: bool = False) -> CardResult:
-        """The card first (posted or edited), then the thread's replies, in order."""
+    async def _deliver(
+        self, d: DeliveryState, *, new: bool = False, urgent: bool = False
+    ) -> CardResult:
+        """The card first (posted or edited), then the thread's replies, in order.
+
+        ``urgent`` (someone is waiting: watch, unwatch): the card is posted or edited
+        without waiting its turn at the pace; the turn is still counted.
+        """
         now = self.clock()
         if _later(d.channel_wait_until, now):
             return CardResult(CardOutcome.LATER, "ratelimited")
@@ -357,13 +410,54 @@ class Delivery:
                     return _POSTED
                 if _later(d.card_retry_at, now):
                     return CardResult(CardOutcome.LATER, d.card_error)
+                self._pace_message(d, urgent)
                 ts = await self._post_card(d, new=new)
-            elif d.card_done < d.card_wanted and not _later(d.card_retry_at, now):
+            elif (
+                d.card_done < d.card_wanted
+                and (not _later(d.card_retry_at, now) or (urgent and _deferred(d)))
+                and await self._card_turn(d, urgent)
+            ):
                 ts = await self._edit_card(d, ts)
             await self._post_replies(d, ts, now)
         except _Stop as stop:
             return stop.result
         return _POSTED
+
+    def _pace_message(self, d: DeliveryState, urgent: bool = False) -> None:
+        """Before a message to the channel: its turn now, or stop until the turn comes.
+
+        The subscription is released and its channel left alone until then (the loop
+        wakes for it), so a channel waiting for its pace holds no slot.
+        """
+        key = (d.team_id, d.channel_id)
+        now = self.clock()
+        if urgent:
+            self.channel_pace.reserve(key, now.timestamp())
+            return
+        wait = self.channel_pace.take(key, now.timestamp())
+        if wait > 0:
+            self._paced_until[key] = now + timedelta(seconds=wait)
+            raise _Stop(CardResult(CardOutcome.LATER, "paced"))
+
+    async def _card_turn(self, d: DeliveryState, urgent: bool) -> bool:
+        """Whether the card may be edited now. If not, its turn under the workspace's
+        chat.update limit is booked and stored as the card's retry time; the replies
+        go on meanwhile (a card edit never holds back a message)."""
+        now = self.clock()
+        booked_here = self._card_turns.pop(d.subscription_id, None) is not None
+        if _deferred(d):
+            # Its turn has come (or someone is waiting for it): it needs no other. A
+            # turn another replica booked is counted here too.
+            if not booked_here:
+                self.card_pace.reserve(d.team_id, now.timestamp())
+            return True
+        wait = self.card_pace.reserve(d.team_id, now.timestamp())
+        if urgent or wait <= 0:
+            return True
+        turn = now + timedelta(seconds=wait)
+        self._card_turns[d.subscription_id] = turn
+        await asyncio.to_thread(self.outbox.defer_card, d.subscription_id, turn)
+        return False
 
     async def _post_card(self, d: DeliveryState, *, new: bool = False) -> str:
         card = self._card(d)
@@ -398,10 +492,11 @@ class Delivery:
                 )
                 return await self._post_card(d)
             result = await self._card_failed(d, failed, posting=False)
-            if result.outcome is CardOutcome.REFUSED or failed.error.fate is Fate.RATE_LIMITED:
-                # The watch has ended, or the channel must wait: no reply goes now.
-                raise _Stop(result) from failed
-            return ts  # an edit that is backing off holds back no reply
+            if result.outcome is CardOutcome.REFUSED:
+                raise _Stop(result) from failed  # the watch has ended: no reply goes
+            # An edit that is backing off, or waiting out chat.update's workspace-wide
+            # limit, holds back no reply: chat.postMessage has a limit of its own.
+            return ts
         await asyncio.to_thread(self.outbox.mark_card_done, d.subscription_id, d.card_wanted)
         return ts
 
@@ -412,6 +507,7 @@ class Delivery:
             where = self._route(d, notification)
             if not await self._aside(d, notification, where, ts):
                 continue
+            self._pace_message(d)
             message = render.event_message(
                 notification.event, notification.snapshot, d.subscribed_by, now, route=where
             )
@@ -549,7 +645,19 @@ class Delivery:
                 )
             return CardResult(CardOutcome.REFUSED, failed.detail, error.hint)
         attempts = d.card_attempts + 1
-        if error.fate is Fate.RATE_LIMITED:
+        if error.fate is Fate.RATE_LIMITED and not posting:
+            # chat.update's limit is not chat.postMessage's: this card waits Retry-After,
+            # the channel's messages go on. Other cards keep to the pace (``card_pace``):
+            # one channel's 429 stalls no other channel's card.
+            wait = failed.retry_after or 1.0
+            METRICS.slack_rate_limit_waits.inc()
+            log.info(
+                "Slack rate limit on %s: this card waits %.0f s",
+                failed.method,
+                wait,
+                extra={"team": d.team_id, "channel": d.channel_id},
+            )
+        elif error.fate is Fate.RATE_LIMITED:
             wait = failed.retry_after or 1.0
             await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
         else:
@@ -778,6 +886,11 @@ def _upload_failure(exc: BaseException) -> _Failed:
 
 def _attempt_limit(error: SlackError) -> int:
     return MAX_RATE_LIMITED_ATTEMPTS if error.fate is Fate.RATE_LIMITED else MAX_ATTEMPTS
+
+
+def _deferred(d: DeliveryState) -> bool:
+    """The card's edit waits for its turn at the pace (``defer_card``), not after a failure."""
+    return d.card_retry_at is not None and d.card_error is None
 
 
 def _later(when: datetime | None, now: datetime) -> bool:

@@ -86,6 +86,17 @@ class OutboxStore(Protocol):
         self, owner: str, now: datetime, limit: int, lease_seconds: float
     ) -> list[int]: ...
 
+    def claim_channel_heads(
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        *,
+        skip_channels: Collection[tuple[str, str]] = (),
+        skip_subscriptions: Collection[int] = (),
+    ) -> list[int]: ...
+
     def claim_subscription(
         self, subscription_id: int, owner: str, now: datetime, lease_seconds: float
     ) -> bool: ...
@@ -101,6 +112,8 @@ class OutboxStore(Protocol):
     def mark_card_done(self, subscription_id: int, card_version: int) -> None: ...
 
     def mark_card_failed(self, subscription_id: int, error: str, retry_at: datetime) -> None: ...
+
+    def defer_card(self, subscription_id: int, not_before: datetime) -> None: ...
 
     def wait_channel(
         self, team_id: str, channel_id: str, not_before: datetime, reason: str

@@ -10,11 +10,23 @@ next reply is backing off: a channel in trouble costs the others nothing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, exists, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bot.domain.events import Event
 from bot.domain.settings import DEFAULTS
@@ -69,6 +81,69 @@ class Outbox:
                 conn.execute(
                     update(SubscriptionRow)
                     .where(SubscriptionRow.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+                    .returning(SubscriptionRow.id)
+                ).scalars()
+            )
+
+    def claim_channel_heads(
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: float,
+        *,
+        skip_channels: Collection[tuple[str, str]] = (),
+        skip_subscriptions: Collection[int] = (),
+    ) -> list[int]:
+        """Lease one subscription with something due in each of up to ``limit`` channels.
+
+        Only in channels where no subscription is leased now (by any replica): one
+        sender per channel at a time, so that Slack's per-channel rate is kept by
+        spacing messages, not by racing into 429s, and every channel gets its turn
+        (the first ``limit`` channels by their lowest subscription id). Also skipped:
+        ``skip_channels`` ((team, channel) pairs the caller is pacing) and
+        ``skip_subscriptions``; and, as in ``claim_deliveries``, whatever must wait.
+        """
+        other = aliased(SubscriptionRow)
+        busy = exists().where(
+            other.team_id == SubscriptionRow.team_id,
+            other.channel_id == SubscriptionRow.channel_id,
+            other.lease_until > now,
+        )
+        conditions = [
+            _deliverable(now),
+            or_(SubscriptionRow.lease_until.is_(None), SubscriptionRow.lease_until < now),
+            ~busy,
+        ]
+        if skip_channels:
+            conditions.append(
+                tuple_(SubscriptionRow.team_id, SubscriptionRow.channel_id).not_in(
+                    list(skip_channels)
+                )
+            )
+        if skip_subscriptions:
+            conditions.append(SubscriptionRow.id.not_in(list(skip_subscriptions)))
+        heads = (
+            select(func.min(SubscriptionRow.id))
+            .where(*conditions)
+            .group_by(SubscriptionRow.team_id, SubscriptionRow.channel_id)
+            .order_by(func.min(SubscriptionRow.id))
+            .limit(limit)
+        )
+        with self.engine.begin() as conn:
+            # No FOR UPDATE (not allowed with GROUP BY): the lease condition, checked
+            # again by the UPDATE on the row it locks, keeps a head to one replica.
+            return list(
+                conn.execute(
+                    update(SubscriptionRow)
+                    .where(
+                        SubscriptionRow.id.in_(heads.scalar_subquery()),
+                        or_(
+                            SubscriptionRow.lease_until.is_(None),
+                            SubscriptionRow.lease_until < now,
+                        ),
+                    )
                     .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
                     .returning(SubscriptionRow.id)
                 ).scalars()
@@ -214,6 +289,16 @@ class Outbox:
                     card_error=error[:200],
                     card_retry_at=retry_at,
                 )
+            )
+
+    def defer_card(self, subscription_id: int, not_before: datetime) -> None:
+        """The card's edit waits its turn under Slack's workspace-wide limit: not before
+        ``not_before``. Not a failure: no attempt is counted, no error kept."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.id == subscription_id)
+                .values(card_retry_at=not_before)
             )
 
     def wait_channel(

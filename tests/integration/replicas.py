@@ -55,6 +55,7 @@ def running_replicas(
         bots = harness.start_bots(
             REPLICAS,
             LOOKUP_RATE_LIMIT=1_000_000,  # hundreds of watch commands from one user
+            SLACK_CARD_EDITS_PER_MINUTE=6000,  # the allowance above: the bot paces to it
             LEASE_SECONDS=LEASE_SECONDS,
             LOG_LEVEL="WARNING",
         )

@@ -415,22 +415,24 @@ async def test_retry_after_30_on_chat_update_gives_at_most_2_calls_in_10_s(
 
     await run_for(world, 10)
     assert len(world.slack.of("chat.update")) <= 2
-    # The channel waits, for its replies too; then the edit and the reply go, in that order.
-    assert notification_states(world, sid) == ["pending"]
+    # chat.update's limit is not chat.postMessage's: the reply went at once.
+    assert notification_states(world, sid) == ["sent"]
+    assert world.slack.of("chat.postMessage")[0].at == 0
     world.slack.heal()
     await run_for(world, 21)
     assert [c.method for c in world.slack.calls] == [
         "chat.update",
-        "chat.update",
         "chat.postMessage",
+        "chat.update",
     ]
-    assert world.slack.calls[1].at == 30
-    assert notification_states(world, sid) == ["sent"]
+    assert world.slack.calls[2].at == 30, "the edit came back when Retry-After said"
+    assert subscription(world, sid)["card_done"] == 2
 
 
 async def test_a_card_edit_limited_in_one_channel_holds_back_no_other_channel(
     world: World,
 ) -> None:
+    # Nor its own channel's messages: chat.update's limit is not chat.postMessage's.
     subs = [watch(world, f"C{n}") for n in range(3)]
     for sid in subs:
         want_card_edit(world, sid)
@@ -439,7 +441,12 @@ async def test_a_card_edit_limited_in_one_channel_holds_back_no_other_channel(
 
     await world.delivery.deliver_due()
     assert [subscription(world, sid)["card_done"] for sid in subs] == [1, 2, 2]
-    assert [notification_states(world, sid) for sid in subs] == [["pending"], ["sent"], ["sent"]]
+    assert [notification_states(world, sid) for sid in subs] == [["sent"]] * 3
+    world.slack.heal()
+    await run_for(world, 19.5)
+    assert len(world.slack.of("chat.update", "C0")) == 1, "Retry-After honoured"
+    await run_for(world, 1)
+    assert subscription(world, subs[0])["card_done"] == 2
 
 
 # --------------------------------------------------------------------------- transient errors
@@ -818,3 +825,99 @@ def test_every_slack_error_in_the_table_has_a_fate() -> None:
     assert classify(None, 503).fate is Fate.TRANSIENT
     assert classify("is_inactive").fate is Fate.LOST_CHANNEL
     assert classify("never_heard_of_it").fate is Fate.TRANSIENT
+
+
+# --------------------------------------------------------------------------- fan-out: pacing
+
+
+def reply_times(w: World) -> dict[str, list[float]]:
+    """When each channel's thread replies reached Slack (fake seconds), in order."""
+    times: dict[str, list[float]] = {}
+    for call in w.slack.of("chat.postMessage"):
+        if "thread_ts" in call.args:
+            times.setdefault(call.channel, []).append(call.at)
+    return times
+
+
+async def test_many_replies_in_many_channels_go_at_slacks_pace_and_no_channel_starves(
+    world: World,
+) -> None:
+    # Neighbouring ids share a channel: leased in id order, the first channels would
+    # take every slot; each channel has its turn instead.
+    channels = [f"C{n}" for n in range(6)]
+    subs = [watch(world, channel) for channel in channels for _ in range(8)]
+    for sid in subs:
+        add_events(world, sid, Status.COMPLETED)
+    world.delivery.concurrency = 3  # fewer slots than channels
+
+    await run_for(world, 6)
+
+    times = reply_times(world)
+    assert sorted(times) == channels
+    for channel, at in times.items():
+        assert len(at) == 8, f"{channel}: each reply once"
+        # A burst of CHANNEL_BURST (5), then one a CHANNEL_MESSAGE_INTERVAL (1.05 s):
+        # never faster than that, and no slower than the loop's step allows.
+        assert at[4] <= 0.5, f"{channel} waited for another channel: {at}"
+        for k in range(5, 8):
+            assert (k - 4) * 1.05 <= at[k] <= (k - 4) * 1.05 + 2 * STEP, f"{channel}: {at}"
+    assert all(notification_states(world, sid) == ["sent"] for sid in subs)
+
+
+async def test_card_edits_keep_to_the_workspace_pace_and_hold_back_no_reply(
+    world: World,
+) -> None:
+    subs = [watch(world, f"C{n}") for n in range(53)]
+    for sid in subs:
+        want_card_edit(world, sid)
+        add_events(world, sid, Status.COMPLETED)
+
+    await run_for(world, 1)
+    # Every reply went at once; 50 card edits (Tier 3's burst), the rest booked.
+    assert {len(at) for at in reply_times(world).values()} == {1}
+    assert max(max(at) for at in reply_times(world).values()) == 0
+    assert len(world.slack.of("chat.update")) == 50
+    await run_for(world, 4)
+    edits = [c.at for c in world.slack.of("chat.update")]
+    assert len(edits) == 53 and all(c.ok for c in world.slack.of("chat.update"))
+    assert all(b - a >= 1.2 for a, b in itertools.pairwise(edits[49:])), edits[49:]
+    assert [subscription(world, sid)["card_done"] for sid in subs] == [2] * 53
+    assert {subscription(world, sid)["card_attempts"] for sid in subs} == {0}, (
+        "waiting is no failure"
+    )
+    assert sorted(c.channel for c in world.slack.of("chat.update")) == sorted(
+        f"C{n}" for n in range(53)
+    ), "each card edited once"
+
+
+async def test_unwatch_edits_its_card_at_once_even_behind_a_queue_of_edits(
+    world: World,
+) -> None:
+    queued = [watch(world, f"C{n}") for n in range(55)]
+    for sid in queued:
+        want_card_edit(world, sid)
+    await world.delivery.deliver_due()
+    assert len(world.slack.of("chat.update")) == 50
+    mine = watch(world, "C99")
+    want_card_edit(world, mine)
+
+    await world.delivery.deliver_now(mine)
+    assert world.slack.of("chat.update")[-1].channel == "C99", "someone is waiting for it"
+    assert subscription(world, mine)["card_done"] == 2
+
+
+async def test_a_card_turn_booked_by_one_replica_is_kept_by_another(world: World) -> None:
+    subs = [watch(world, f"C{n}") for n in range(51)]
+    for sid in subs:
+        want_card_edit(world, sid)
+    await world.delivery.deliver_due()  # 50 edits; the 51st books its turn
+    (last,) = [sid for sid in subs if subscription(world, sid)["card_done"] == 1]
+    turn = subscription(world, last)["card_retry_at"]
+    assert turn is not None
+    other = world.other_replica()
+    for _ in range(60):  # the other replica has a queue of its own
+        other.card_pace.reserve(TEAM, world.clock().timestamp())
+
+    world.clock.now = turn
+    await other.deliver_due()
+    assert subscription(world, last)["card_done"] == 2, "edited at its turn, not queued again"
