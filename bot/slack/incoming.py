@@ -108,21 +108,31 @@ def is_ssl_check(body: bytes) -> bool:
 
 def body_problem(body: bytes, content_type: str | None) -> str | None:
     """Why Bolt could not read this (signed) body, or None when it can."""
+    return read_body(body, content_type)[1]
+
+
+def read_body(body: bytes, content_type: str | None) -> tuple[dict[str, Any], str | None]:
+    """The (signed) body as Bolt reads it, and why Bolt could not read it (None when it can).
+
+    The body is parsed once here; the slash command's fast path (``quick_ack.py``)
+    goes on with this parse. When there is a problem the dict is empty.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return "the body is not UTF-8"
+        return {}, "the body is not UTF-8"
     try:
         parsed = _parse_like_bolt(text, content_type)
     except RecursionError:
-        return "the body is nested too deeply"
+        return {}, "the body is nested too deeply"
     except ValueError:
-        return "the body is not valid JSON"
+        return {}, "the body is not valid JSON"
     if not isinstance(parsed, dict):
-        return "the body is not an object"
+        return {}, "the body is not an object"
     if _depth(parsed) > MAX_DEPTH:
-        return "the body is nested too deeply"
-    return _shape_problem(parsed, "body")
+        return {}, "the body is nested too deeply"
+    problem = _shape_problem(parsed, "body")
+    return ({}, problem) if problem else (parsed, None)
 
 
 def response_url_problem(body: dict[str, Any], slack_api_url: str) -> str | None:
