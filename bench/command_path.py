@@ -14,11 +14,14 @@ acknowledgement.
 
 ``--baseline REV`` also starts a bot from the code of git revision REV
 (``git archive`` into a temporary folder, run from there) beside the bot of
-this checkout, on the same simulator, emulator and database; the two are
-measured in turns (``--rounds`` times each, per API delay), so both see the
-same machine and load. ``--profile PATH`` runs this checkout's bot under
-cProfile (``bench/profiled_serve.py``) during its measured phases and prints
-where the event loop's time went per request.
+this checkout, on the same simulator, emulator and database; the bots are
+measured in turns (``--rounds`` times each, per API delay), so all see the
+same machine and load, and the table gives each one's p99 against the
+baseline's. ``--also REV_OR_FOLDER`` adds more bots the same way (a folder
+holding ``bot/`` and ``migrations/``, e.g. this branch with another's files).
+``--profile PATH`` runs this checkout's bot under cProfile
+(``bench/profiled_serve.py``) during its measured phases and prints where the
+event loop's time went per request.
 
     .venv/bin/python -m bench.command_path              # M=500 K=20
     .venv/bin/python -m bench.command_path -m 60        # a quick run
@@ -199,7 +202,12 @@ def start_command_bot(
 
 
 def export_revision(revision: str, into: Path) -> Path:
-    """The ``bot`` package and its migrations as they were at ``revision``, in ``into``."""
+    """The ``bot`` package and its migrations as they were at ``revision``, in ``into``.
+
+    A folder that holds ``bot/`` already is used as it is.
+    """
+    if (Path(revision) / "bot").is_dir():
+        return Path(revision).resolve()
     archive = subprocess.run(
         ["git", "archive", revision, "bot", "migrations"], cwd=REPO, check=True, capture_output=True
     ).stdout
@@ -268,12 +276,14 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "LOG_LEVEL": "WARNING",
         }
         variants = []
-        if args.baseline:
-            old = export_revision(args.baseline, Path(tmp) / "baseline")
-            bot = start_command_bot(
-                harness, "baseline", [sys.executable, "-m", "bot", "serve"], old, env
-            )
-            variants.append(Variant(f"baseline ({args.baseline})", bot))
+        others = [("baseline", args.baseline)] if args.baseline else []
+        others += [(f"also-{n}", revision) for n, revision in enumerate(args.also or [])]
+        for name, revision in others:
+            code = export_revision(revision, Path(tmp) / name)
+            serve = [sys.executable, "-m", "bot", "serve"]
+            bot = start_command_bot(harness, name, serve, code, env)
+            label = Path(revision).name if Path(revision).is_dir() else revision
+            variants.append(Variant(f"{name.split('-')[0]} ({label})", bot))
         if args.profile:
             argv = [sys.executable, "-m", "bench.profiled_serve", str(Path(args.profile).resolve())]
             bot = start_command_bot(harness, "profiled", argv, REPO, env)
@@ -435,6 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--baseline", metavar="REV", help="also measure the bot of this git revision, in turns"
+    )
+    parser.add_argument(
+        "--also",
+        metavar="REV_OR_FOLDER",
+        nargs="+",
+        help="more bots to measure in turns: git revisions, or folders holding bot/",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="phases per bot and delay, taken in turns"
