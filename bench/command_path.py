@@ -391,31 +391,37 @@ def profile_breakdown(path: str) -> dict[str, float]:
     """Seconds of the profiled thread per part, each function's own time charged to its part.
 
     A function of no part passes its own time up to its callers in proportion to
-    the time spent under each caller, until a function of a part is reached.
+    the time spent under each caller, until a function of a part is reached (the
+    shares of each function are worked out once; a cycle counts as the loop's).
     """
     import pstats
 
     stats: dict[Any, Any] = pstats.Stats(path).stats  # type: ignore[attr-defined]
-    parts: dict[str, float] = {}
+    known: dict[Any, dict[str, float]] = {}
 
-    def charge(function: Any, seconds: float, depth: int) -> None:
+    def shares(function: Any, visiting: frozenset[Any]) -> dict[str, float]:
+        if function in known:
+            return known[function]
         part = _part_of(function)
-        if part is None and depth < 40:
-            callers = stats[function][4]
-            total = sum(edge[3] for edge in callers.values())
-            if total > 0:
-                for caller, edge in callers.items():
-                    if caller in stats:
-                        charge(caller, seconds * edge[3] / total, depth + 1)
-                return
-        if part is None:
-            part = "the event loop itself"
         if IDLE in function[2]:
             part = "idle (waiting in epoll)"
-        parts[part] = parts.get(part, 0.0) + seconds
+        callers = {c: e for c, e in stats[function][4].items() if c in stats and c not in visiting}
+        total = sum(edge[3] for edge in callers.values())
+        if part is not None or total <= 0:
+            result = {part or "the event loop itself": 1.0}
+        else:
+            result = {}
+            for caller, edge in callers.items():
+                for name, share in shares(caller, visiting | {function}).items():
+                    result[name] = result.get(name, 0.0) + share * edge[3] / total
+        if not visiting:
+            known[function] = result
+        return result
 
+    parts: dict[str, float] = {}
     for function, (_, _, own, _, _) in stats.items():
-        charge(function, own, 0)
+        for name, share in shares(function, frozenset()).items():
+            parts[name] = parts.get(name, 0.0) + own * share
     return parts
 
 
