@@ -1,10 +1,10 @@
 """The ``/import-status`` slash command over HTTP, answered without Bolt's dispatch chain.
 
-Why (bench/README.md, "Where the acknowledgement's time went"): with 20 people
-typing at once the event loop was the bottleneck, and for each command Bolt
-built a request, a context and a per-request Web API client, ran eight
-middlewares and a listener matcher, then waited for the listener's ``ack()``
-by polling every 10 ms (``slack_bolt/listener/asyncio_runner.py``): up to 10 ms
+Why (bench/README.md, "The command path"): with 20 people typing at once the
+event loop was the bottleneck, and for each command Bolt built a request, a
+context and a per-request Web API client, ran its built-in middlewares and
+ours and the listener matchers, then waited for the listener's ``ack()`` by
+polling every 10 ms (``slack_bolt/listener/asyncio_runner.py``): up to 10 ms
 added to every acknowledgement, and a wake-up of the loop 100 times a second
 for each command in flight.
 
