@@ -9,7 +9,10 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.adapter.starlette.async_handler import (
+    AsyncSlackRequestHandler,
+    to_starlette_response,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -32,6 +35,7 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
     """The ASGI app; ``slack_routes=False`` for Socket Mode (health and metrics only)."""
     handler = AsyncSlackRequestHandler(runtime.app)
+    quick = runtime.app.quick_commands
 
     async def slack_events(request: Request) -> Response:
         timestamp = request.headers.get("x-slack-request-timestamp")
@@ -55,10 +59,20 @@ def create_app(runtime: Runtime, *, slack_routes: bool = True) -> ASGIApp:
         if problem is not None:
             log.info("refused a request with %s (%d bytes)", problem, len(body))
             return PlainTextResponse("invalid request signature", status_code=401)
-        problem = incoming.body_problem(body, request.headers.get("content-type"))
+        fields, problem = incoming.read_body(body, request.headers.get("content-type"))
         if problem is not None:
             log.warning("refused a signed Slack request: %s", problem)
             return PlainTextResponse("malformed request body", status_code=400)
+        if quick is not None:
+            # /import-status without Bolt's dispatch chain (bot/slack/quick_ack.py); None
+            # when the request is one Bolt answers.
+            answer = await quick.answer(
+                fields,
+                request.headers.get("x-slack-retry-num"),
+                request.headers.get("x-slack-retry-reason"),
+            )
+            if answer is not None:
+                return to_starlette_response(answer)
         try:
             return await handler.handle(request)
         except (ValueError, AttributeError, TypeError, LookupError, RecursionError):

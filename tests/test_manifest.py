@@ -107,7 +107,7 @@ class RecordingApp:
 def registered() -> Iterator[dict[str, list[Any]]]:
     """What build_app registers: {"command": [...], "action": [...], "event": [...], ...}."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(slack_app, "AsyncApp", RecordingApp)
+        patch.setattr(slack_app, "ImportStatusApp", RecordingApp)
         recorder = slack_app.build_app(**_stand_ins())
     assert isinstance(recorder, RecordingApp)
     yield recorder.registered

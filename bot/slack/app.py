@@ -6,14 +6,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.service import ImportService
-from bot.slack import incoming
 from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.actions import ActionHandler
@@ -22,6 +20,12 @@ from bot.slack.listeners.commands import CommandHandler
 from bot.slack.listeners.exceptions import ExceptionsButton, ExceptionsRequests
 from bot.slack.listeners.home import HomeTab
 from bot.slack.listeners.lifecycle import WorkspaceEvents
+from bot.slack.quick_ack import (
+    QuickCommands,
+    ignored_retry,
+    log_listener_error,
+    refused_response_url,
+)
 from bot.store.interface import HistoryStore, SettingsStore, SubscriptionStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,7 @@ def build_app(
     history: HistoryStore,
     exceptions: ExceptionsRequests | None = None,
     notices: NoticeQueue | None = None,
-) -> AsyncApp:
+) -> ImportStatusApp:
     """The Bolt AsyncApp with every listener registered.
 
     ``process_before_response=False``: the HTTP answer goes out as soon as a
@@ -50,7 +54,7 @@ def build_app(
     # The HTTP route checks signatures before Bolt (bot/slack/incoming.py); should Bolt
     # still refuse one, its message quotes the whole body: keep one short line instead.
     logging.getLogger("slack_bolt.RequestVerification").addFilter(_short_verification_notice)
-    app = AsyncApp(
+    app = ImportStatusApp(
         client=client,
         signing_secret=signing_secret,
         process_before_response=False,
@@ -69,28 +73,26 @@ def build_app(
     attention.register(app)
     HomeTab(history, service, access, permalinks).register(app)
     WorkspaceEvents(subscriptions).register(app)
-    app.error(_log_listener_error)
+    app.error(log_listener_error)
+    app.quick_commands = QuickCommands(commands, client)
     return app
+
+
+class ImportStatusApp(AsyncApp):
+    """Bolt's AsyncApp, carrying the fast path of its slash command for the HTTP route."""
+
+    quick_commands: QuickCommands | None = None
 
 
 async def ignore_retried_interactions(
     request: AsyncBoltRequest, body: dict[str, Any], next: Callable[[], Awaitable[Any]]
 ) -> BoltResponse | None:
-    """A retried slash command or button click must not run twice.
-
-    We acknowledge within milliseconds, so when Slack retries one of these the
-    first delivery has almost surely arrived and is being handled: answer the
-    retry with an empty 200 and do nothing. (Events are handled idempotently,
-    so their retries run normally.)
-    """
-    retry = request.headers.get("x-slack-retry-num")
-    is_interaction = "command" in body or body.get("type") == "block_actions"
-    if retry and is_interaction:
-        log.info(
-            "ignored a retried delivery (%s)",
-            (request.headers.get("x-slack-retry-reason") or ["?"])[0],
-            extra={"team": _team_of(body)},
-        )
+    """A retried slash command or button click must not run twice: an empty 200."""
+    retry_num = request.headers.get("x-slack-retry-num")
+    retry_reason = request.headers.get("x-slack-retry-reason")
+    if ignored_retry(
+        retry_num[0] if retry_num else None, retry_reason[0] if retry_reason else None, body
+    ):
         return BoltResponse(status=200, body="")
     return await next()
 
@@ -98,32 +100,16 @@ async def ignore_retried_interactions(
 def _response_urls_on_slack(
     slack_api_url: str,
 ) -> Callable[..., Awaitable[BoltResponse | None]]:
-    """Middleware: a request whose response_url is not Slack's is refused, not answered.
-
-    ``respond()`` posts to that URL; a forged one could point it anywhere
-    (http://127.0.0.1:…). Slack's are on https://hooks.slack.com/; the
-    SLACK_API_URL host (the emulator, in tests and the demo) is accepted too.
-    """
+    """Middleware: a request whose response_url is not Slack's is refused, not answered."""
 
     async def response_urls_on_slack(
         body: dict[str, Any], next: Callable[[], Awaitable[Any]]
     ) -> BoltResponse | None:
-        problem = incoming.response_url_problem(body, slack_api_url)
-        if problem is not None:
-            log.warning(
-                "refused a request with %s",
-                problem,
-                extra={"team": _team_of(body)},
-            )
+        if refused_response_url(body, slack_api_url):
             return BoltResponse(status=400, body="")
         return await next()
 
     return response_urls_on_slack
-
-
-def _team_of(body: dict[str, Any]) -> object:
-    team = body.get("team_id") or body.get("team")
-    return team.get("id") if isinstance(team, dict) else team
 
 
 def _short_verification_notice(record: logging.LogRecord) -> bool:
@@ -134,12 +120,3 @@ def _short_verification_notice(record: logging.LogRecord) -> bool:
 
 def _not_token_skipped(record: logging.LogRecord) -> bool:
     return "`token` will be unused" not in record.getMessage()
-
-
-async def _log_listener_error(error: Exception, body: dict[str, Any]) -> None:
-    if isinstance(error, aiohttp.ClientError | TimeoutError | OSError):
-        # Slack (or its response_url) could not be reached: the network's trouble, not a
-        # bug in the bot. One line, no traceback; the person can simply try again.
-        log.warning("could not answer Slack: %s: %s", type(error).__name__, str(error)[:200])
-        return
-    log.error("listener error: %s", type(error).__name__, exc_info=error)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -31,6 +32,10 @@ MAX_CLOCK_SKEW_SECONDS = 300
 MAX_DEPTH = 64
 # The host Slack's response URLs live on (besides SLACK_API_URL's own).
 SLACK_RESPONSE_HOST = "hooks.slack.com"
+
+# What no URL of Slack's holds (``\s`` is str.isspace's whitespace). One regex search
+# instead of a generator over every character: this runs for every command.
+_SPACE_OR_BACKSLASH = re.compile(r"[\s\\]")
 
 # Fields Bolt and our listeners read as a Slack id, or an object carrying one.
 _ID_OR_OBJECT = frozenset({"team", "user", "channel", "enterprise"})
@@ -108,21 +113,31 @@ def is_ssl_check(body: bytes) -> bool:
 
 def body_problem(body: bytes, content_type: str | None) -> str | None:
     """Why Bolt could not read this (signed) body, or None when it can."""
+    return read_body(body, content_type)[1]
+
+
+def read_body(body: bytes, content_type: str | None) -> tuple[dict[str, Any], str | None]:
+    """The (signed) body as Bolt reads it, and why Bolt could not read it (None when it can).
+
+    The body is parsed once here; the slash command's fast path (``quick_ack.py``)
+    goes on with this parse. When there is a problem the dict is empty.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return "the body is not UTF-8"
+        return {}, "the body is not UTF-8"
     try:
         parsed = _parse_like_bolt(text, content_type)
     except RecursionError:
-        return "the body is nested too deeply"
+        return {}, "the body is nested too deeply"
     except ValueError:
-        return "the body is not valid JSON"
+        return {}, "the body is not valid JSON"
     if not isinstance(parsed, dict):
-        return "the body is not an object"
+        return {}, "the body is not an object"
     if _depth(parsed) > MAX_DEPTH:
-        return "the body is nested too deeply"
-    return _shape_problem(parsed, "body")
+        return {}, "the body is nested too deeply"
+    problem = _shape_problem(parsed, "body")
+    return ({}, problem) if problem else (parsed, None)
 
 
 def response_url_problem(body: dict[str, Any], slack_api_url: str) -> str | None:
@@ -218,7 +233,7 @@ def _response_urls(body: dict[str, Any]) -> Iterator[str]:
 
 
 def _is_slack_url(url: str, api_scheme: str, api_host: str | None, api_port: int | None) -> bool:
-    if not url.isascii() or any(c.isspace() or c == "\\" for c in url):
+    if not url.isascii() or _SPACE_OR_BACKSLASH.search(url):
         return False
     try:
         parts = urlsplit(url)

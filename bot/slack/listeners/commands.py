@@ -283,12 +283,17 @@ class CommandHandler:
         self, team_id: str, channel_id: str, user_id: str, token: int
     ) -> render.Message:
         """The import's status message; a failed lookup costs the user a second slot."""
+        # Whether the channel watches it is read from the database while the API answers,
+        # not after: the answer (often the acknowledgement itself) waits for both.
+        watched = asyncio.ensure_future(self.service.is_watched(team_id, channel_id, token))
         try:
             status = await self.service.lookup(token)
-        except ApiError:
-            await self.access.record_failure(team_id, user_id)
+        except BaseException as exc:
+            watched.cancel()
+            if isinstance(exc, ApiError):
+                await self.access.record_failure(team_id, user_id)
             raise
-        watching = await self.service.is_watched(team_id, channel_id, token)
+        watching = await watched
         return render.status_message(status, utcnow(), watching=watching)
 
     async def _exceptions(
