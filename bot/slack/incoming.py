@@ -86,6 +86,13 @@ _TOP_LEVEL_TEXTS = frozenset({"text"})
 _OBJECT_LISTS = frozenset({"authorizations", "actions", "response_urls"})
 
 
+def id_of(value: object) -> str:
+    """The id in a field Slack sends as an id or as an object holding one (``team``...)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else ""
+
+
 def signature_problem(
     signing_secret: str, body: bytes, timestamp: str | None, signature: str | None, now: float
 ) -> str | None:

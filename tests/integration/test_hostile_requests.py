@@ -196,6 +196,22 @@ def test_a_signed_body_of_the_wrong_shape_is_a_400_with_one_line(
     assert harness.sim.status_calls() == calls
 
 
+def test_a_click_whose_team_user_and_channel_are_ids_is_answered_without_a_traceback(
+    harness: Harness, http: httpx.Client, bot: BotProcess
+) -> None:
+    # Slack sends these as ids in some payloads and as objects in others; found by the
+    # property test below (a signed click with "team": "T…" raised AttributeError).
+    body = _with(_action_payload(harness), team="T0001", user="U0001", channel="C0001")
+    offset = len(bot.log_text())
+
+    answer = post(http, bot, urlencode({"payload": json.dumps(body)}).encode(), FORM, signed=True)
+
+    assert answer.status_code == 200
+    time.sleep(0.5)  # the click's own work runs after the ack
+    new_log = bot.log_text()[offset:]
+    assert "Traceback" not in new_log and "listener error" not in new_log, new_log
+
+
 # --------------------------------------------------------------------------- the log
 
 

@@ -9,6 +9,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
 from bot.slack import render
+from bot.slack.incoming import id_of
 from bot.slack.listeners.commands import CommandHandler, guarded
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,9 @@ class _Click:
         except InvalidAccessToken:
             token = None
         return cls(
-            team=str((body.get("team") or {}).get("id", "")),
-            channel=str((body.get("channel") or {}).get("id", "")),
-            user=str((body.get("user") or {}).get("id", "")),
+            team=id_of(body.get("team")),
+            channel=id_of(body.get("channel")),
+            user=id_of(body.get("user")),
             token=token,
             ephemeral=bool((body.get("container") or {}).get("is_ephemeral")),
         )

@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.clock import Clock, utcnow
 from bot.domain.settings import ChannelSettings, InvalidSetting, parse_setting
 from bot.slack import render
+from bot.slack.incoming import id_of
 from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.commands import HISTORY_MAX, Command, answer, guarded
@@ -176,9 +177,9 @@ class AttentionHandler:
     async def submit(self, ack: AsyncAck, body: dict[str, Any]) -> None:
         """A settings modal submitted: errors shown in the modal, or saved and closed."""
         view = body.get("view") or {}
-        user = str((body.get("user") or {}).get("id", ""))
+        user = id_of(body.get("user"))
         place = modal_channel(str(view.get("private_metadata") or ""))
-        body_team = str((body.get("team") or {}).get("id", "") or body.get("team_id", ""))
+        body_team = id_of(body.get("team")) or str(body.get("team_id") or "")
         if place is None or (body_team and place[0] != body_team):
             await ack(
                 response_action="errors",

@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.clock import Clock, utcnow
 from bot.mypreferences.tokens import InvalidAccessToken, parse_access_token
 from bot.service import ImportService
+from bot.slack.incoming import id_of
 from bot.slack.links import Permalinks
 from bot.slack.listeners.access import AccessControl
 from bot.slack.listeners.attention import slack_error
@@ -121,6 +122,7 @@ class HomeTab:
 
 
 def _who(body: dict[str, Any]) -> tuple[str, str]:
-    user = body.get("user") or {}
-    team = str((body.get("team") or {}).get("id", "") or user.get("team_id", ""))
-    return team, str(user.get("id", ""))
+    user = body.get("user")
+    user_team = user.get("team_id") if isinstance(user, dict) else None
+    team = id_of(body.get("team")) or (user_team if isinstance(user_team, str) else "")
+    return team, id_of(user)
