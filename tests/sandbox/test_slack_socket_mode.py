@@ -448,7 +448,10 @@ async def test_a_connection_is_warned_then_refreshed_when_its_time_is_up() -> No
         async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
             messages = [json.loads((await ws.receive(timeout=5)).data) for _ in range(3)]
             closing = await ws.receive(timeout=5)
-        connection = slack.connections()[0]
+        # The close frame can reach the client before the server has noted it.
+        connection = poll(
+            lambda: slack.connections()[0].closed_at and slack.connections()[0], "the close noted"
+        )
     assert [m["type"] for m in messages] == ["hello", "disconnect", "disconnect"]
     assert [m.get("reason") for m in messages[1:]] == ["warning", "refresh_requested"]
     assert messages[1]["debug_info"] == {"host": "applink-1"}
