@@ -233,7 +233,7 @@ class Harness:
             "POLL_INTERVAL_SECONDS": str(poll_interval),
             "IDLE_POLL_INTERVAL_SECONDS": str(poll_interval * 3),
             "MAX_BACKOFF_SECONDS": str(max(poll_interval * 8, 4)),
-            "TICK_SECONDS": str(min(0.5, poll_interval / 2)),
+            "TICK_SECONDS": str(min(0.25, poll_interval / 4)),
             "LEASE_SECONDS": "5",
             "LOOKUP_BUDGET_SECONDS": "6",
             "HTTP_TIMEOUT_SECONDS": "3",
