@@ -44,13 +44,22 @@ from bot.domain.routing import Route, route
 from bot.metrics import METRICS
 from bot.service import CardOutcome, CardResult
 from bot.slack import render
+from bot.slack.calls import (
+    POST_FLAGS,
+    SLACK_CALL_TIMEOUT_SECONDS,
+    UPDATE_FLAGS,
+    SlackCallFailed,
+    SlackCalls,
+    attempt_limit,
+    backoff,
+    describe,
+)
 from bot.slack.channel_posts import Alert, AlertQueue
 from bot.slack.errors import (
     NETWORK,
     Fate,
     SlackError,
     classify,
-    is_known,
     retry_after_seconds,
 )
 from bot.slack.pacing import Pacer
@@ -62,15 +71,6 @@ from bot.store.records import DeliveryState, PendingNotification
 
 log = logging.getLogger(__name__)
 
-# Failed tries of one message (a reply, or the card) before it is given up: errors
-# after MAX_ATTEMPTS; rate limits (contention in a busy channel, not a fault of the
-# message, each answered after Slack's Retry-After) only after MAX_RATE_LIMITED_ATTEMPTS.
-MAX_ATTEMPTS = 8
-MAX_RATE_LIMITED_ATTEMPTS = 100
-FIRST_BACKOFF_SECONDS = 2.0
-MAX_BACKOFF_SECONDS = 600.0
-# One Slack call may take this long before it counts as failed (transient).
-SLACK_CALL_TIMEOUT_SECONDS = 10.0
 # A subscription lease never needs to be longer: it is renewed while the holder sends.
 MAX_LEASE_SECONDS = 15.0
 # Finished waits are swept from the database this often.
@@ -89,30 +89,10 @@ CARD_EDITS_PER_MINUTE = 50.0
 # subscription ended, or another replica edited the card).
 CARD_TURN_MEMORY = timedelta(hours=1)
 
-# Where Slack accepts them: no link or media previews (cards stay compact), and no
-# re-parsing of text the bot has already escaped. chat.update takes only ``parse``
-# (and defaults it to "client", unlike chat.postMessage):
-# https://docs.slack.dev/reference/methods/chat.postMessage#arguments and
-# https://docs.slack.dev/reference/methods/chat.update#arguments
-POST_FLAGS: dict[str, Any] = {"unfurl_links": False, "unfurl_media": False, "parse": "none"}
-UPDATE_FLAGS: dict[str, Any] = {"parse": "none"}
-
 _POSTED = CardResult(CardOutcome.POSTED)
 
 
 @dataclass
-class _Failed(Exception):
-    """A Slack call failed; ``error`` holds its fate."""
-
-    error: SlackError
-    method: str
-    detail: str  # Slack's code, or the exception's name for network trouble
-    retry_after: float | None = None
-
-    def __str__(self) -> str:
-        return self.detail
-
-
 class _Stop(Exception):
     """Nothing more can be done for this subscription now; ``result`` says why."""
 
@@ -147,7 +127,7 @@ class Delivery:
         self.lease_seconds = min(lease_seconds, MAX_LEASE_SECONDS)
         self.concurrency = concurrency
         self.idle_seconds = idle_seconds
-        self.call_timeout = call_timeout
+        self._calls = SlackCalls(slack, timeout=call_timeout)
         self.clock = clock
         self.sleep = sleep
         self._in_flight: dict[int, asyncio.Task[CardResult]] = {}
@@ -466,7 +446,7 @@ class Delivery:
             response = await self._call(
                 "chat_postMessage", channel=d.channel_id, **card.as_kwargs(), **POST_FLAGS
             )
-        except _Failed as failed:
+        except SlackCallFailed as failed:
             raise _Stop(await self._card_failed(d, failed, posting=True, new=new)) from failed
         ts = str(response["ts"])
         # Stored before anything else is posted: the thread hangs off this ts.
@@ -483,7 +463,7 @@ class Delivery:
             await self._call(
                 "chat_update", channel=d.channel_id, ts=ts, **card.as_kwargs(), **UPDATE_FLAGS
             )
-        except _Failed as failed:
+        except SlackCallFailed as failed:
             if failed.error.fate is Fate.CARD_GONE:
                 log.info(
                     "the tracking card is gone (%s); posting a new one",
@@ -521,7 +501,7 @@ class Delivery:
                     **message.as_kwargs(),
                     **POST_FLAGS,
                 )
-            except _Failed as failed:
+            except SlackCallFailed as failed:
                 if await self._reply_failed(d, notification, failed):
                     continue  # dropped for good: the next reply may go
                 return
@@ -604,26 +584,11 @@ class Delivery:
     # ------------------------------------------------------------------ Slack, and its errors
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
-        """One Slack call, bounded in time; any failure becomes ``_Failed`` with its fate."""
-        try:
-            return await asyncio.wait_for(
-                getattr(self.slack, method)(**kwargs), timeout=self.call_timeout
-            )
-        except SlackApiError as exc:
-            code, status, retry_after = _describe(exc)
-            error = classify(code, status)
-            detail = code or f"HTTP {status}"
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            # aiohttp's ServerDisconnectedError, ClientPayloadError... are not OSErrors.
-            error, detail, retry_after = NETWORK, type(exc).__name__, None
-        METRICS.slack_errors.labels(error=error.code, fate=error.fate.value).inc()
-        if error.fate is Fate.TRANSIENT and error is not NETWORK and not is_known(error.code):
-            log.warning("Slack answered an unknown error (%s); treating it as transient", detail)
-        wait = retry_after_seconds(retry_after) if error.fate is Fate.RATE_LIMITED else None
-        raise _Failed(error, method, detail, wait)
+        """One Slack call, bounded in time; any failure is ``SlackCallFailed`` with its fate."""
+        return await self._calls.call(method, **kwargs)
 
     async def _card_failed(
-        self, d: DeliveryState, failed: _Failed, *, posting: bool, new: bool = False
+        self, d: DeliveryState, failed: SlackCallFailed, *, posting: bool, new: bool = False
     ) -> CardResult:
         """Decide what a failed card post or edit means; returns what became of the card.
 
@@ -661,8 +626,8 @@ class Delivery:
             wait = failed.retry_after or 1.0
             await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
         else:
-            wait = _backoff(attempts)
-        if attempts >= _attempt_limit(error):
+            wait = backoff(attempts)
+        if attempts >= attempt_limit(error):
             if posting:
                 await self._end(d, failed, gave_up=attempts)
                 return CardResult(CardOutcome.REFUSED, failed.detail, None)
@@ -691,7 +656,7 @@ class Delivery:
         return CardResult(CardOutcome.LATER, failed.detail)
 
     async def _reply_failed(
-        self, d: DeliveryState, notification: PendingNotification, failed: _Failed
+        self, d: DeliveryState, notification: PendingNotification, failed: SlackCallFailed
     ) -> bool:
         """Decide what a failed reply means. True when it was dropped and the next may go."""
         error, now = failed.error, self.clock()
@@ -704,7 +669,7 @@ class Delivery:
             await asyncio.to_thread(self.outbox.drop_notification, notification.id, failed.detail)
             return True
         attempts = notification.attempts + 1
-        if attempts >= _attempt_limit(error):
+        if attempts >= attempt_limit(error):
             self._drop(notification, failed.detail, f"after {attempts} attempts")
             await asyncio.to_thread(self.outbox.drop_notification, notification.id, failed.detail)
             return False
@@ -712,7 +677,7 @@ class Delivery:
             wait = failed.retry_after or 1.0
             await self._wait(d.team_id, d.channel_id, now, wait, failed.method)
         else:
-            wait = _backoff(attempts)
+            wait = backoff(attempts)
             log.warning(
                 "Slack refused a notification (%s); retrying in %.0f s",
                 failed.detail,
@@ -756,7 +721,7 @@ class Delivery:
             f"{method}: ratelimited",
         )
 
-    async def _end(self, d: DeliveryState, failed: _Failed, gave_up: int = 0) -> None:
+    async def _end(self, d: DeliveryState, failed: SlackCallFailed, gave_up: int = 0) -> None:
         """End the subscription: one log line, a metric, and a word to the subscriber."""
         error = failed.error
         why = f"gave up after {gave_up} attempts" if gave_up else error.fate.value
@@ -784,7 +749,7 @@ class Delivery:
         """
         text = f"I stopped watching import {d.access_token} in <#{d.channel_id}>. {error.hint}"
         if error.fate is Fate.FORBIDDEN:
-            with contextlib.suppress(_Failed):
+            with contextlib.suppress(SlackCallFailed):
                 await self._call(
                     "chat_postEphemeral", channel=d.channel_id, user=d.subscribed_by, text=text
                 )
@@ -793,7 +758,7 @@ class Delivery:
             opened = await self._call("conversations_open", users=d.subscribed_by)
             dm = str((opened.get("channel") or {}).get("id", ""))
             await self._call("chat_postMessage", channel=dm, text=text, **POST_FLAGS)
-        except _Failed as failed:
+        except SlackCallFailed as failed:
             log.debug("could not tell the subscriber (%s)", failed.detail)
 
     # ------------------------------------------------------------------ exceptions uploads
@@ -851,7 +816,9 @@ class Delivery:
             await self._upload_failed(d, upload, _upload_failure(exc))
         return result
 
-    async def _upload_failed(self, d: DeliveryState, upload: ThreadUpload, failed: _Failed) -> None:
+    async def _upload_failed(
+        self, d: DeliveryState, upload: ThreadUpload, failed: SlackCallFailed
+    ) -> None:
         """What a refused upload means for the channel; the archiver is told through ``upload``."""
         error = failed.error
         if error.fate is Fate.RATE_LIMITED:
@@ -869,11 +836,11 @@ class Delivery:
         upload.failed(error, failed.detail, failed.retry_after)
 
 
-def _upload_failure(exc: BaseException) -> _Failed:
+def _upload_failure(exc: BaseException) -> SlackCallFailed:
     """A failed upload as ``_call`` would describe a failed call: its fate, from errors.py."""
     method = "files upload"
     if isinstance(exc, SlackApiError):
-        code, status, retry_after = _describe(exc)
+        code, status, retry_after = describe(exc)
         error, detail = classify(code, status), code or f"HTTP {status}"
         with contextlib.suppress(Exception):
             method = str(exc.response.api_url).rsplit("/", 1)[-1] or method
@@ -881,11 +848,7 @@ def _upload_failure(exc: BaseException) -> _Failed:
         error, detail, retry_after = NETWORK, type(exc).__name__, None
     METRICS.slack_errors.labels(error=error.code, fate=error.fate.value).inc()
     wait = retry_after_seconds(retry_after) if error.fate is Fate.RATE_LIMITED else None
-    return _Failed(error, method, detail, wait)
-
-
-def _attempt_limit(error: SlackError) -> int:
-    return MAX_RATE_LIMITED_ATTEMPTS if error.fate is Fate.RATE_LIMITED else MAX_ATTEMPTS
+    return SlackCallFailed(error, method, detail, wait)
 
 
 def _deferred(d: DeliveryState) -> bool:
@@ -895,27 +858,3 @@ def _deferred(d: DeliveryState) -> bool:
 
 def _later(when: datetime | None, now: datetime) -> bool:
     return when is not None and when > now
-
-
-def _backoff(attempts: int) -> float:
-    """2 s, 4 s, 8 s ... after the 1st, 2nd, 3rd failure; at most MAX_BACKOFF_SECONDS."""
-    return min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** max(0, attempts - 1))
-
-
-def _describe(exc: SlackApiError) -> tuple[str | None, int, object]:
-    """Slack's error code, the HTTP status and Retry-After, however the error was raised.
-
-    slack-sdk puts a SlackResponse in ``exc.response``, or the raw aiohttp response
-    when the body was not JSON (a 502 page from a proxy, say).
-    """
-    response = exc.response
-    status = int(getattr(response, "status_code", None) or getattr(response, "status", 0) or 0)
-    code: str | None = None
-    with contextlib.suppress(Exception):
-        value = response.get("error")
-        code = str(value) if value else None
-    headers = getattr(response, "headers", None) or {}
-    retry_after = None
-    with contextlib.suppress(Exception):
-        retry_after = headers.get("Retry-After") or headers.get("retry-after")
-    return code, status, retry_after

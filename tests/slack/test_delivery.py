@@ -24,12 +24,8 @@ from sqlalchemy import Engine, select, update
 from bot.domain.events import Event, EventKind
 from bot.domain.status import ImportStatus, Status
 from bot.service import CardOutcome
-from bot.slack.delivery import (
-    MAX_ATTEMPTS,
-    MAX_LEASE_SECONDS,
-    MAX_RATE_LIMITED_ATTEMPTS,
-    Delivery,
-)
+from bot.slack.calls import MAX_ATTEMPTS, MAX_RATE_LIMITED_ATTEMPTS
+from bot.slack.delivery import MAX_LEASE_SECONDS, Delivery
 from bot.slack.errors import (
     INVITE_HINT,
     MAX_RETRY_AFTER_SECONDS,
