@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from bot.service import CardOutcome, CardResult, ImportService, WatchOutcome, Wa
 from bot.slack.errors import INVITE_HINT, SLACK_ERRORS
 from bot.slack.listeners.commands import watch_answer
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
+from bot.store.engine import make_engine
 from bot.store.tables import ImportRow, SubscriptionRow
 
 STATUS = ImportStatus(
@@ -55,9 +54,8 @@ class FakeCards:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+def engine(migrated_sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(migrated_sqlite_url)
     yield engine
     engine.dispose()
 

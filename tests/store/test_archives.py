@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, select, update
 
 from bot.domain.archiving import ArchiveKind
 from bot.domain.rules import Rules, decide
 from bot.domain.status import ImportStatus, Status
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
 from bot.store.records import ArchiveNote, PollResult
 from bot.store.tables import ArchiveRow, ArchiveUploadRow, NotificationRow, SubscriptionRow
 
@@ -22,23 +18,6 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 60.0
 RULES = Rules(expiry_warning=timedelta(minutes=30), trouble_after=timedelta(minutes=5))
 CLIENT = "client-1"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bot.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def store(engine: Engine) -> Store:
-    return Store(engine)
 
 
 def status(

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 
 from bot.domain.status import ImportStatus, Status
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
 from bot.store.tables import SubscriptionRow
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 60.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bot.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine: Engine = make_engine(url)
-    migrate(engine)
-    yield Store(engine)
-    engine.dispose()
 
 
 def watch(store: Store, channel: str, token: int, team: str = "T1") -> int:

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, select
 
 from bot.domain.status import ImportStatus, Status
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
 from bot.store.tables import ImportRow
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 INTERVAL = 1.0
 LEASE = 4.0  # what the poller asks for: the interval plus one HTTP timeout
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bot.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def watch(store: Store, token: int) -> None:

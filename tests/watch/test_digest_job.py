@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from bot.domain.digest import DigestSummary
 from bot.domain.settings import parse_setting
 from bot.domain.status import ImportStatus, Status
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
+from bot.store.engine import make_engine
 from bot.watch.digest import MAX_ATTEMPTS, DigestJob, DigestNotSent
 
 CHOSEN = datetime(2030, 1, 1, 6, 0, tzinfo=UTC)  # the digest time was chosen then
@@ -43,9 +42,8 @@ class Poster:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+def store(migrated_sqlite_url: str) -> Iterator[Store]:
+    engine = make_engine(migrated_sqlite_url)
     yield Store(engine)
     engine.dispose()
 
