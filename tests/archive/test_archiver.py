@@ -36,7 +36,7 @@ from bot.domain.status import ImportStatus, Status
 from bot.mypreferences import errors
 from bot.mypreferences.pace import Pace
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
+from bot.store.engine import make_engine
 from bot.store.records import PollResult
 from bot.store.tables import ArchiveRow, ArchiveUploadRow, NotificationRow, SubscriptionRow
 from tests.archive.test_fetch import Api
@@ -130,9 +130,8 @@ class CrashingStore:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+def engine(migrated_sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(migrated_sqlite_url)
     yield engine
     engine.dispose()
 
@@ -224,7 +223,10 @@ def archiver(
         slack,
         owner,
         clock=clock,
-        ready_wait_seconds=options.pop("ready_wait_seconds", 0.2),
+        # Nothing here posts a card while the archiver waits for its thread, and the
+        # wait is on the real clock: a thread not ready is seen at once, without
+        # READY_POLL_SECONDS of real sleep (what ready_wait_seconds=0.2 cost each time).
+        ready_wait_seconds=options.pop("ready_wait_seconds", 0),
         **options,
     )
 

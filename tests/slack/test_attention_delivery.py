@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +30,11 @@ from bot.slack.links import Permalinks
 from bot.slack.render import notice
 from bot.store import Store
 from bot.store.batches import NewMember
-from bot.store.engine import make_engine, migrate
+from bot.store.engine import make_engine
 from bot.store.records import PENDING
 from bot.store.tables import ChannelPostRow, ChannelWaitRow, NotificationRow, SubscriptionRow
 from bot.watch.digest import DigestJob, DigestNotSent
+from tests.slack import fake_time
 from tests.slack.test_delivery import TEAM, FakeClock, FakeSlack, notification_states, status
 
 ALERTS = "CALERT"
@@ -102,21 +102,27 @@ class World:
         return [c.args for c in self.slack.of("chat.postMessage", channel) if c.ok]
 
     async def run(self, seconds: float = 0.0, step: float = 0.25) -> None:
-        """Every loop, every ``step`` fake seconds, for ``seconds`` (once at least)."""
+        """Every loop, every ``step`` fake seconds, for ``seconds`` (once at least).
+
+        Passes that could find nothing due are skipped (``fake_time.advance``).
+        """
         end = self.clock.now + timedelta(seconds=seconds)
         while True:
+            calls = len(self.slack.calls)
             await self.delivery.deliver_due()
             await self.batches.deliver_due()
             await self.posts.send_due()
             if self.clock.now >= end:
                 return
-            self.clock.advance(step)
+            idle = len(self.slack.calls) == calls
+            fake_time.advance(
+                self.clock, step, end, idle=idle, engine=self.engine, senders=[self.delivery]
+            )
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+def world(migrated_sqlite_url: str) -> Iterator[World]:
+    engine = make_engine(migrated_sqlite_url)
     clock = FakeClock()
     slack = Slack(clock)
     store = Store(engine)

@@ -2,7 +2,8 @@
 
 The outbox is the real one, on a SQLite file, so the waits, backoffs and leases
 are the SQL that production runs. Time moves only when a test moves it:
-``run_for`` delivers every quarter of a (fake) second, as the loop would.
+``run_for`` delivers every quarter of a (fake) second, as the loop would, and
+jumps over the passes in which nothing can come due.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,9 +35,10 @@ from bot.slack.errors import (
     retry_after_seconds,
 )
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
+from bot.store.engine import make_engine
 from bot.store.records import PENDING
 from bot.store.tables import ChannelWaitRow, NotificationRow, SubscriptionRow
+from tests.slack import fake_time
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 TEAM = "T1"
@@ -178,9 +179,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+def world(migrated_sqlite_url: str) -> Iterator[World]:
+    engine = make_engine(migrated_sqlite_url)
     clock = FakeClock()
     slack = FakeSlack(clock)
     store = Store(engine)
@@ -286,12 +286,17 @@ def replies(w: World, channel: str) -> list[str]:
 async def run_for(
     w: World, seconds: float, delivery: Delivery | None = None, step: float = STEP
 ) -> None:
-    """Deliver every ``step`` fake seconds for ``seconds``, as the loop would."""
+    """Deliver every ``step`` fake seconds for ``seconds``, as the loop would.
+
+    Passes that could find nothing due are skipped (``fake_time.advance``).
+    """
     delivery = delivery or w.delivery
     end = w.clock.now + timedelta(seconds=seconds)
     while w.clock.now < end:
+        calls = len(w.slack.calls)
         await delivery.deliver_due()
-        w.clock.advance(step)
+        idle = len(w.slack.calls) == calls
+        fake_time.advance(w.clock, step, end, idle=idle, engine=w.engine, senders=[delivery])
 
 
 # --------------------------------------------------------------------------- the happy path
@@ -704,10 +709,9 @@ async def test_a_new_card_slack_rate_limits_is_posted_later(world: World) -> Non
 
 
 async def test_a_delivery_lease_is_short_and_renewed_while_slack_is_still_answering(
-    tmp_path: Path,
+    migrated_sqlite_url: str,
 ) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+    engine = make_engine(migrated_sqlite_url)
     clock = FakeClock()
     slack = FakeSlack(clock, block=asyncio.Event())
     store = Store(engine)

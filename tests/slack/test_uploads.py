@@ -28,7 +28,7 @@ from bot.sandbox.slack_emulator import SlackEmulator, message_text
 from bot.slack.delivery import Delivery
 from bot.slack.uploads import ThreadUploads, send_to_direct_message, upload_file
 from bot.store import Store
-from bot.store.engine import make_engine, migrate
+from bot.store.engine import make_engine
 from bot.store.tables import ArchiveRow, ArchiveUploadRow, SubscriptionRow
 from tests.archive.test_archiver import NOW, Clock, finish_import, run_due, settings, table
 from tests.archive.test_fetch import Api
@@ -52,9 +52,8 @@ def emulator(served: SlackEmulator) -> SlackEmulator:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bot.db'}")
-    migrate(engine)
+def engine(migrated_sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(migrated_sqlite_url)
     yield engine
     engine.dispose()
 
