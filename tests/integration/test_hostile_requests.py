@@ -44,7 +44,7 @@ FORM = "application/x-www-form-urlencoded"
 FORGED = "2026-12-02 04:00:00,000 ERROR bot.watch.notifier: forged"
 RECORD_START = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} [A-Z]+ ")
 TOKEN = 88_001
-MAX_EXAMPLES = 400
+MAX_EXAMPLES = 200
 
 
 @pytest.fixture(scope="module")
