@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 
 # Two failed ticks in a row, not one: a single lost race with another writer is not news.
 UNHEALTHY_AFTER_FAILED_TICKS = 2
+# The senders and the archiver are woken when this process makes work for them (the
+# poller's events, the watch command's card, a queued notice); their idle look only
+# finds what another replica or a retry's time made due, and at most once a second is
+# soon enough for that. Each look is a write transaction: at TICK_SECONDS=0.25 four
+# loops looking four times a second kept an idle bot busy.
+MIN_IDLE_SECONDS = 1.0
 
 
 class _WakeAll:
@@ -63,6 +69,7 @@ class Runtime:
     def __init__(self, settings: Settings, *, socket_mode: bool = False) -> None:
         self.settings = settings
         self.socket_mode = socket_mode
+        idle_seconds = max(settings.tick_seconds, MIN_IDLE_SECONDS)
         # Names this replica in leases; unique even when PIDs repeat across containers.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.engine = make_engine(settings.database_url)
@@ -81,14 +88,14 @@ class Runtime:
             permalinks,
             self.owner,
             lease_seconds=min(settings.lease_seconds, MAX_LEASE_SECONDS),
-            idle_seconds=settings.tick_seconds,
+            idle_seconds=idle_seconds,
         )
         self.delivery = Delivery(
             self.store.outbox,
             self.slack,
             self.owner,
             lease_seconds=settings.lease_seconds,
-            idle_seconds=settings.tick_seconds,
+            idle_seconds=idle_seconds,
             alerts=self.posts,
             card_edits_per_minute=settings.slack_card_edits_per_minute,
         )
@@ -99,7 +106,7 @@ class Runtime:
             self.owner,
             alerts=self.posts,
             lease_seconds=min(settings.lease_seconds, MAX_LEASE_SECONDS),
-            idle_seconds=settings.tick_seconds,
+            idle_seconds=idle_seconds,
         )
         self.poller = Poller(
             settings,
@@ -132,6 +139,7 @@ class Runtime:
             digest=self.digest,
             digest_seconds=settings.digest_check_seconds,
             archiver=self.archiver,
+            archive_seconds=idle_seconds,
         )
         self.access = AccessControl(settings)
         self.service = ImportService(

@@ -37,6 +37,7 @@ class PollerJobs:
         digest: DigestJob | None = None,
         digest_seconds: float = 60.0,
         archiver: Archiver | None = None,
+        archive_seconds: float | None = None,
     ) -> None:
         self.poller = poller
         self.tick_seconds = tick_seconds
@@ -44,6 +45,7 @@ class PollerJobs:
         self.digest_seconds = digest_seconds
         #: the exceptions archive: its own job, so a long archive never delays a poll
         self.archiver = archiver
+        self.archive_seconds = archive_seconds or tick_seconds
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._running: asyncio.Task[object] | None = None
         logging.getLogger("apscheduler.scheduler").addFilter(_SkipOverlapNotice())
@@ -78,7 +80,7 @@ class PollerJobs:
             self._scheduler.add_job(
                 self.archiver.tick,
                 "interval",
-                seconds=self.tick_seconds,
+                seconds=self.archive_seconds,
                 id="archiver-tick",
                 max_instances=1,
                 coalesce=True,
