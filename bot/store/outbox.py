@@ -24,7 +24,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from bot.domain.events import Event
 from bot.domain.settings import DEFAULTS
@@ -192,24 +191,61 @@ class Outbox:
             )
 
     def delivery(self, subscription_id: int) -> DeliveryState | None:
-        """Everything delivery needs about one subscription, its waits included."""
-        with Session(self.engine) as conn:
+        """Everything delivery needs about one subscription, its waits included.
+
+        Loaded for every subscription delivered, so plain columns (no ORM objects), and
+        the channel's wait joined to the subscription.
+        """
+        sub, imp = SubscriptionRow, ImportRow
+        with self.engine.connect() as conn:
             row = conn.execute(
-                select(SubscriptionRow, ImportRow)
-                .join(ImportRow, ImportRow.id == SubscriptionRow.import_id)
-                .where(SubscriptionRow.id == subscription_id)
+                select(
+                    sub.id,
+                    sub.team_id,
+                    sub.channel_id,
+                    sub.subscribed_by,
+                    sub.subscribed_at,
+                    sub.state,
+                    sub.ended_reason,
+                    sub.tracking_ts,
+                    sub.card_wanted,
+                    sub.card_done,
+                    sub.card_attempts,
+                    sub.card_retry_at,
+                    sub.card_error,
+                    imp.access_token,
+                    imp.snapshot,
+                    imp.rate_base_at,
+                    imp.rate_base_done,
+                    ChannelWaitRow.not_before,
+                )
+                .join(imp, imp.id == sub.import_id)
+                .outerjoin(
+                    ChannelWaitRow,
+                    and_(
+                        ChannelWaitRow.team_id == sub.team_id,
+                        ChannelWaitRow.channel_id == sub.channel_id,
+                    ),
+                )
+                .where(sub.id == subscription_id)
             ).first()
             if row is None:
                 return None
-            sub, imp = row
             notifications = conn.execute(
-                select(NotificationRow)
+                select(
+                    NotificationRow.id,
+                    NotificationRow.event,
+                    NotificationRow.snapshot,
+                    NotificationRow.attempts,
+                    NotificationRow.created_at,
+                    NotificationRow.next_attempt_at,
+                )
                 .where(
                     NotificationRow.subscription_id == subscription_id,
                     NotificationRow.state == PENDING,
                 )
                 .order_by(NotificationRow.id)
-            ).scalars()
+            )
             pending = [
                 PendingNotification(
                     id=n.id,
@@ -221,39 +257,33 @@ class Outbox:
                 )
                 for n in notifications
             ]
-            channel_wait = conn.execute(
-                select(ChannelWaitRow.not_before).where(
-                    ChannelWaitRow.team_id == sub.team_id,
-                    ChannelWaitRow.channel_id == sub.channel_id,
-                )
-            ).scalar()
             settings_row = conn.execute(
-                select(ChannelSettingsRow).where(
-                    ChannelSettingsRow.team_id == sub.team_id,
-                    ChannelSettingsRow.channel_id == sub.channel_id,
+                select(ChannelSettingsRow.__table__).where(
+                    ChannelSettingsRow.team_id == row.team_id,
+                    ChannelSettingsRow.channel_id == row.channel_id,
                 )
-            ).scalar()
+            ).first()
             return DeliveryState(
-                subscription_id=sub.id,
-                team_id=sub.team_id,
-                channel_id=sub.channel_id,
-                subscribed_by=sub.subscribed_by,
-                subscribed_at=sub.subscribed_at,
-                active=sub.state == ACTIVE,
-                ended_reason=sub.ended_reason,
-                tracking_ts=sub.tracking_ts,
-                card_wanted=sub.card_wanted,
-                card_done=sub.card_done,
-                access_token=imp.access_token,
-                status=status_of(imp.snapshot),
-                rate_base_at=imp.rate_base_at,
-                rate_base_done=imp.rate_base_done,
+                subscription_id=row.id,
+                team_id=row.team_id,
+                channel_id=row.channel_id,
+                subscribed_by=row.subscribed_by,
+                subscribed_at=row.subscribed_at,
+                active=row.state == ACTIVE,
+                ended_reason=row.ended_reason,
+                tracking_ts=row.tracking_ts,
+                card_wanted=row.card_wanted,
+                card_done=row.card_done,
+                access_token=row.access_token,
+                status=status_of(row.snapshot),
+                rate_base_at=row.rate_base_at,
+                rate_base_done=row.rate_base_done,
                 notifications=pending,
-                card_attempts=sub.card_attempts,
-                card_retry_at=sub.card_retry_at,
-                card_error=sub.card_error,
-                channel_wait_until=channel_wait,
-                exceptions=archive_note(conn.connection(), subscription_id),
+                card_attempts=row.card_attempts,
+                card_retry_at=row.card_retry_at,
+                card_error=row.card_error,
+                channel_wait_until=row.not_before,
+                exceptions=archive_note(conn, subscription_id),
                 settings=settings_from_row(settings_row) if settings_row is not None else DEFAULTS,
             )
 
