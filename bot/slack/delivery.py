@@ -413,11 +413,17 @@ class Delivery:
         now = self.clock()
         if urgent:
             self.channel_pace.reserve(key, now.timestamp())
-            return
-        wait = self.channel_pace.take(key, now.timestamp())
-        if wait > 0:
-            self._paced_until[key] = now + timedelta(seconds=wait)
-            raise _Stop(CardResult(CardOutcome.LATER, "paced"))
+        else:
+            wait = self.channel_pace.take(key, now.timestamp())
+            if wait > 0:
+                self._paced_until[key] = now + timedelta(seconds=wait)
+                raise _Stop(CardResult(CardOutcome.LATER, "paced"))
+        # When this message used the channel's last turn, no other subscription of the
+        # channel is leased before the next: leasing and loading one only to find it
+        # must wait would cost as much as a message.
+        after = self.channel_pace.delay(key, now.timestamp())
+        if after > 0:
+            self._paced_until[key] = now + timedelta(seconds=after)
 
     async def _card_turn(self, d: DeliveryState, urgent: bool) -> bool:
         """Whether the card may be edited now. If not, its turn under the workspace's

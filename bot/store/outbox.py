@@ -19,14 +19,11 @@ from sqlalchemy import (
     and_,
     delete,
     exists,
-    func,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
 
 from bot.domain.events import Event
 from bot.domain.settings import DEFAULTS
@@ -105,45 +102,47 @@ class Outbox:
         ``skip_channels`` ((team, channel) pairs the caller is pacing) and
         ``skip_subscriptions``; and, as in ``claim_deliveries``, whatever must wait.
         """
-        other = aliased(SubscriptionRow)
-        busy = exists().where(
-            other.team_id == SubscriptionRow.team_id,
-            other.channel_id == SubscriptionRow.channel_id,
-            other.lease_until > now,
-        )
-        conditions = [
-            _deliverable(now),
-            or_(SubscriptionRow.lease_until.is_(None), SubscriptionRow.lease_until < now),
-            ~busy,
-        ]
-        if skip_channels:
-            conditions.append(
-                tuple_(SubscriptionRow.team_id, SubscriptionRow.channel_id).not_in(
-                    list(skip_channels)
-                )
-            )
-        if skip_subscriptions:
-            conditions.append(SubscriptionRow.id.not_in(list(skip_subscriptions)))
-        heads = (
-            select(func.min(SubscriptionRow.id))
-            .where(*conditions)
-            .group_by(SubscriptionRow.team_id, SubscriptionRow.channel_id)
-            .order_by(func.min(SubscriptionRow.id))
-            .limit(limit)
-        )
+        free = or_(SubscriptionRow.lease_until.is_(None), SubscriptionRow.lease_until < now)
+        leased = SubscriptionRow.lease_until > now
         with self.engine.begin() as conn:
-            # No FOR UPDATE (not allowed with GROUP BY): the lease condition, checked
-            # again by the UPDATE on the row it locks, keeps a head to one replica.
+            # One plain scan, no correlated subquery: the subscriptions with work now and
+            # those leased (their channels are busy), from one snapshot, so that a lease
+            # another replica commits meanwhile cannot make a second head in its channel.
+            rows = conn.execute(
+                select(
+                    SubscriptionRow.id,
+                    SubscriptionRow.team_id,
+                    SubscriptionRow.channel_id,
+                    leased,
+                )
+                .where(or_(leased, and_(free, _has_work(now))))
+                .order_by(SubscriptionRow.id)
+            ).all()
+            waiting = conn.execute(
+                select(ChannelWaitRow.team_id, ChannelWaitRow.channel_id).where(
+                    ChannelWaitRow.not_before > now
+                )
+            ).all()
+            passed = {(team, channel) for _, team, channel, busy in rows if busy}
+            passed.update((team, channel) for team, channel in waiting)
+            passed.update(skip_channels)
+            skipped = set(skip_subscriptions)
+            heads: list[int] = []
+            for subscription_id, team, channel, busy in rows:
+                if len(heads) >= limit:
+                    break
+                if busy or subscription_id in skipped or (team, channel) in passed:
+                    continue
+                heads.append(subscription_id)
+                passed.add((team, channel))
+            if not heads:
+                return []
+            # On PostgreSQL, the lease condition, checked again by the UPDATE on the row
+            # it locks, keeps a head to one replica (both pick the same head of a channel).
             return list(
                 conn.execute(
                     update(SubscriptionRow)
-                    .where(
-                        SubscriptionRow.id.in_(heads.scalar_subquery()),
-                        or_(
-                            SubscriptionRow.lease_until.is_(None),
-                            SubscriptionRow.lease_until < now,
-                        ),
-                    )
+                    .where(SubscriptionRow.id.in_(heads), free)
                     .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
                     .returning(SubscriptionRow.id)
                 ).scalars()
@@ -192,24 +191,61 @@ class Outbox:
             )
 
     def delivery(self, subscription_id: int) -> DeliveryState | None:
-        """Everything delivery needs about one subscription, its waits included."""
-        with Session(self.engine) as conn:
+        """Everything delivery needs about one subscription, its waits included.
+
+        Loaded for every subscription delivered, so plain columns (no ORM objects), and
+        the channel's wait joined to the subscription.
+        """
+        sub, imp = SubscriptionRow, ImportRow
+        with self.engine.connect() as conn:
             row = conn.execute(
-                select(SubscriptionRow, ImportRow)
-                .join(ImportRow, ImportRow.id == SubscriptionRow.import_id)
-                .where(SubscriptionRow.id == subscription_id)
+                select(
+                    sub.id,
+                    sub.team_id,
+                    sub.channel_id,
+                    sub.subscribed_by,
+                    sub.subscribed_at,
+                    sub.state,
+                    sub.ended_reason,
+                    sub.tracking_ts,
+                    sub.card_wanted,
+                    sub.card_done,
+                    sub.card_attempts,
+                    sub.card_retry_at,
+                    sub.card_error,
+                    imp.access_token,
+                    imp.snapshot,
+                    imp.rate_base_at,
+                    imp.rate_base_done,
+                    ChannelWaitRow.not_before,
+                )
+                .join(imp, imp.id == sub.import_id)
+                .outerjoin(
+                    ChannelWaitRow,
+                    and_(
+                        ChannelWaitRow.team_id == sub.team_id,
+                        ChannelWaitRow.channel_id == sub.channel_id,
+                    ),
+                )
+                .where(sub.id == subscription_id)
             ).first()
             if row is None:
                 return None
-            sub, imp = row
             notifications = conn.execute(
-                select(NotificationRow)
+                select(
+                    NotificationRow.id,
+                    NotificationRow.event,
+                    NotificationRow.snapshot,
+                    NotificationRow.attempts,
+                    NotificationRow.created_at,
+                    NotificationRow.next_attempt_at,
+                )
                 .where(
                     NotificationRow.subscription_id == subscription_id,
                     NotificationRow.state == PENDING,
                 )
                 .order_by(NotificationRow.id)
-            ).scalars()
+            )
             pending = [
                 PendingNotification(
                     id=n.id,
@@ -221,39 +257,33 @@ class Outbox:
                 )
                 for n in notifications
             ]
-            channel_wait = conn.execute(
-                select(ChannelWaitRow.not_before).where(
-                    ChannelWaitRow.team_id == sub.team_id,
-                    ChannelWaitRow.channel_id == sub.channel_id,
-                )
-            ).scalar()
             settings_row = conn.execute(
-                select(ChannelSettingsRow).where(
-                    ChannelSettingsRow.team_id == sub.team_id,
-                    ChannelSettingsRow.channel_id == sub.channel_id,
+                select(ChannelSettingsRow.__table__).where(
+                    ChannelSettingsRow.team_id == row.team_id,
+                    ChannelSettingsRow.channel_id == row.channel_id,
                 )
-            ).scalar()
+            ).first()
             return DeliveryState(
-                subscription_id=sub.id,
-                team_id=sub.team_id,
-                channel_id=sub.channel_id,
-                subscribed_by=sub.subscribed_by,
-                subscribed_at=sub.subscribed_at,
-                active=sub.state == ACTIVE,
-                ended_reason=sub.ended_reason,
-                tracking_ts=sub.tracking_ts,
-                card_wanted=sub.card_wanted,
-                card_done=sub.card_done,
-                access_token=imp.access_token,
-                status=status_of(imp.snapshot),
-                rate_base_at=imp.rate_base_at,
-                rate_base_done=imp.rate_base_done,
+                subscription_id=row.id,
+                team_id=row.team_id,
+                channel_id=row.channel_id,
+                subscribed_by=row.subscribed_by,
+                subscribed_at=row.subscribed_at,
+                active=row.state == ACTIVE,
+                ended_reason=row.ended_reason,
+                tracking_ts=row.tracking_ts,
+                card_wanted=row.card_wanted,
+                card_done=row.card_done,
+                access_token=row.access_token,
+                status=status_of(row.snapshot),
+                rate_base_at=row.rate_base_at,
+                rate_base_done=row.rate_base_done,
                 notifications=pending,
-                card_attempts=sub.card_attempts,
-                card_retry_at=sub.card_retry_at,
-                card_error=sub.card_error,
-                channel_wait_until=channel_wait,
-                exceptions=archive_note(conn.connection(), subscription_id),
+                card_attempts=row.card_attempts,
+                card_retry_at=row.card_retry_at,
+                card_error=row.card_error,
+                channel_wait_until=row.not_before,
+                exceptions=archive_note(conn, subscription_id),
                 settings=settings_from_row(settings_row) if settings_row is not None else DEFAULTS,
             )
 
@@ -432,18 +462,25 @@ def _deliverable(now: datetime) -> ColumnElement[bool]:
         ChannelWaitRow.channel_id == SubscriptionRow.channel_id,
         ChannelWaitRow.not_before > now,
     )
+    return and_(~channel_waits, _has_work(now))
+
+
+def _has_work(now: datetime) -> ColumnElement[bool]:
+    """A subscription whose card or next reply is due now (its channel's wait aside).
+
+    The replies due are found once, from ``ix_notifications_due``, not per subscription.
+    """
     card_due = and_(
         SubscriptionRow.card_done < SubscriptionRow.card_wanted,
         or_(SubscriptionRow.card_retry_at.is_(None), SubscriptionRow.card_retry_at <= now),
     )
+    replies_due = select(NotificationRow.subscription_id).where(
+        NotificationRow.state == PENDING, NotificationRow.next_attempt_at <= now
+    )
     reply_due = and_(
         # Replies hang off the card: none before it is posted.
         SubscriptionRow.tracking_ts.is_not(None),
-        exists().where(
-            NotificationRow.subscription_id == SubscriptionRow.id,
-            NotificationRow.state == PENDING,
-            NotificationRow.next_attempt_at <= now,
-        ),
+        SubscriptionRow.id.in_(replies_due),
     )
     # A batch's imports share its card and thread: they are delivered with the batch.
-    return and_(SubscriptionRow.batch_id.is_(None), ~channel_waits, or_(card_due, reply_due))
+    return and_(SubscriptionRow.batch_id.is_(None), or_(card_due, reply_due))

@@ -864,6 +864,27 @@ async def test_many_replies_in_many_channels_go_at_slacks_pace_and_no_channel_st
     assert all(notification_states(world, sid) == ["sent"] for sid in subs)
 
 
+async def test_a_channel_that_used_its_burst_is_not_leased_again_before_its_turn(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subs = [watch(world, channel) for channel in ("C1", "C2") for _ in range(8)]
+    for sid in subs:
+        add_events(world, sid, Status.COMPLETED)
+    loads: list[int] = []
+    load = world.store.outbox.delivery
+
+    def counted(subscription_id: int) -> Any:
+        loads.append(subscription_id)
+        return load(subscription_id)
+
+    monkeypatch.setattr(world.store.outbox, "delivery", counted)
+    await run_for(world, 6)
+
+    assert all(notification_states(world, sid) == ["sent"] for sid in subs)
+    # Each subscription was leased and loaded once: none only to find it had to wait.
+    assert sorted(loads) == sorted(subs)
+
+
 async def test_card_edits_keep_to_the_workspace_pace_and_hold_back_no_reply(
     world: World,
 ) -> None:
