@@ -79,6 +79,8 @@ def until_unhealthy(bot: BotProcess, timeout: float = 20) -> tuple[dict[str, Any
         if answer.status_code == 503:
             return answer.json(), time.monotonic() - started
         assert answer.status_code == 200
+        # Still healthy only while fewer than two ticks in a row have failed.
+        assert answer.json()["watcher"]["failed_ticks_in_a_row"] < 2, answer.json()
         time.sleep(0.05)
     raise AssertionError(f"/healthz still 200 after {timeout} s: {healthz(bot).json()}")
 
@@ -96,8 +98,10 @@ def assert_outage_and_recovery(
     harness.sim.update(TOKEN, Status="Completed", Processed=1000)
 
     assert body["status"] == "unhealthy"
-    # Within two ticks: the first 503 comes with the second failed tick, not later.
-    assert body["watcher"]["failed_ticks_in_a_row"] == 2, body
+    # Within two ticks: the first 503 comes with the second failed tick, not later
+    # (every 200 before it said fewer than two; on a busy machine this poll may see the
+    # 503 only a tick after it began).
+    assert body["watcher"]["failed_ticks_in_a_row"] >= 2, body
     assert any("ticks failed" in p for p in body["problems"]), body
     assert body["database"] == "ok", "reads still work: only writes fail"
     assert failed_ticks(bot) >= before + 2
