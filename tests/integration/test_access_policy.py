@@ -35,14 +35,14 @@ UNKNOWN_TOKEN = "does not recognise this access token"
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, BotProcess]]:
-    with Harness(tmp_path_factory.mktemp("guarded"), env=GUARDED_ENV) as harness:
+    with Harness(tmp_path_factory.mktemp("guarded"), env=GUARDED_ENV, preloaded=True) as harness:
         yield harness, harness.start_bot()
 
 
 @pytest.fixture(scope="module")
 def open_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, BotProcess]]:
     env = {"LOOKUP_RATE_LIMIT": "100000"}
-    with Harness(tmp_path_factory.mktemp("open"), env=env) as harness:
+    with Harness(tmp_path_factory.mktemp("open"), env=env, preloaded=True) as harness:
         yield harness, harness.start_bot()
 
 

@@ -31,7 +31,7 @@ _channels = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("settings")) / "harness") as h:
+    with Harness(Path(tmp_path_factory.mktemp("settings")) / "harness", preloaded=True) as h:
         yield h
 
 

@@ -173,7 +173,9 @@ def test_a_full_disk_is_503_within_two_ticks_and_200_once_space_is_freed(
     tmp_path: Path, small_disk: Path
 ) -> None:
     database = small_disk / "bot.db"
-    with Harness(tmp_path / "harness", database_url=f"sqlite:///{database}", env=ENV) as harness:
+    with Harness(
+        tmp_path / "harness", database_url=f"sqlite:///{database}", env=ENV, preloaded=True
+    ) as harness:
         bot = harness.start_bot()
         filler: list[Path] = []
         assert_outage_and_recovery(
@@ -214,7 +216,9 @@ def test_a_read_only_database_is_503_within_two_ticks_and_200_once_writable(
                 (database,),
             )
 
-    with Harness(tmp_path / "harness", database_url=postgres_url, env=ENV) as harness:
+    with Harness(
+        tmp_path / "harness", database_url=postgres_url, env=ENV, preloaded=True
+    ) as harness:
         bot = harness.start_bot()
         assert_outage_and_recovery(
             harness,

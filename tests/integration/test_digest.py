@@ -92,7 +92,7 @@ def one_digest(harness: Harness, channel: str) -> Message:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("digest")) / "harness") as h:
+    with Harness(Path(tmp_path_factory.mktemp("digest")) / "harness", preloaded=True) as h:
         yield h
 
 
@@ -190,7 +190,7 @@ def test_a_channel_where_nothing_happened_gets_no_digest(
 
 @pytest.mark.postgres
 def test_three_replicas_post_one_digest_per_channel(tmp_path: Path, postgres_url: str) -> None:
-    with Harness(tmp_path / "replicas", database_url=postgres_url) as cluster:
+    with Harness(tmp_path / "replicas", database_url=postgres_url, preloaded=True) as cluster:
         bots = [
             cluster.start_bot(DIGEST_CHECK_SECONDS=0.2, LOOKUP_RATE_LIMIT=1000) for _ in range(3)
         ]

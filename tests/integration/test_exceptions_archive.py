@@ -52,7 +52,7 @@ class Bot:
         env = dict(ENV, EXCEPTIONS_DIR=str(self.archives))
         if mode is not None:
             env["EXCEPTIONS_FILE"] = mode
-        self.harness = Harness(workdir / "harness", env=env)
+        self.harness = Harness(workdir / "harness", env=env, preloaded=True)
         self.process: BotProcess = self.harness.start_bot()
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ HOLD = 3.0  # how long the emulator (or the simulator) holds the request the bot
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("crash")) / "harness", env=ENV) as h:
+    with Harness(Path(tmp_path_factory.mktemp("crash")) / "harness", env=ENV, preloaded=True) as h:
         yield h
 
 
@@ -174,7 +174,7 @@ def test_a_kill_anywhere_leaves_one_complete_file_except_in_the_window(
 
 
 def test_two_replicas_archive_each_import_once(tmp_path: Path) -> None:
-    with Harness(tmp_path / "replicas", env=ENV) as harness:
+    with Harness(tmp_path / "replicas", env=ENV, preloaded=True) as harness:
         first, second = harness.start_bot(), harness.start_bot()
         cards = {}
         for n, token in enumerate((8201, 8202, 8203, 8204), start=1):

@@ -31,7 +31,7 @@ WAIT = 20.0  # seconds: an upper bound for "it shows up", never a pause
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("history")) / "harness") as h:
+    with Harness(Path(tmp_path_factory.mktemp("history")) / "harness", preloaded=True) as h:
         yield h
 
 

@@ -50,7 +50,7 @@ MAX_EXAMPLES = 200
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     env = {"LOOKUP_RATE_LIMIT": "1000000", "LOOKUP_BUDGET_SECONDS": "2"}
-    with Harness(tmp_path_factory.mktemp("hostile-requests"), env=env) as h:
+    with Harness(tmp_path_factory.mktemp("hostile-requests"), env=env, preloaded=True) as h:
         h.sim.add_import(TOKEN, name="Hostile requests import", status="Processing")
         yield h
 

@@ -42,7 +42,7 @@ _CARD_TOKEN = re.compile(r'"import_actions_(\d+)"')
 @pytest.fixture
 def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Harness, list[BotProcess]]]:
     with Harness(
-        tmp_path / "harness", database_url=postgres_url, poll_interval=POLL_INTERVAL
+        tmp_path / "harness", database_url=postgres_url, poll_interval=POLL_INTERVAL, preloaded=True
     ) as harness:
         # This test is about leases, not Slack's limits: 90 card edits in one workspace
         # would take two minutes at chat.update's Tier 3 (tests/integration/

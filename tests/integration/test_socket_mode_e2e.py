@@ -33,7 +33,7 @@ _numbers = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("socket")) / "harness") as h:
+    with Harness(Path(tmp_path_factory.mktemp("socket")) / "harness", preloaded=True) as h:
         yield h
 
 
