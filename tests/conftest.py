@@ -80,26 +80,32 @@ def _admin_url() -> str:
     return os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
 
 
+def _connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection to the database a SQLAlchemy URL names."""
+    parts = make_url(url)
+    conninfo: dict[str, Any] = {
+        "host": parts.host or "127.0.0.1",
+        "port": parts.port or 5432,
+        "user": parts.username or "postgres",
+        "dbname": parts.database or "test",
+    }
+    if parts.password:
+        conninfo["password"] = parts.password
+    return psycopg.connect(**conninfo, autocommit=True, connect_timeout=3)
+
+
 def _admin_connection() -> psycopg.Connection[Any]:
     """A connection to the server's admin database (autocommit), or skip the test.
 
     Skips when PostgreSQL is unreachable, unless REQUIRE_POSTGRES=1 (CI), where that
     is a failure.
     """
-    admin = make_url(_admin_url())
-    conninfo: dict[str, Any] = {
-        "host": admin.host or "127.0.0.1",
-        "port": admin.port or 5432,
-        "user": admin.username or "postgres",
-        "dbname": admin.database or "test",
-    }
-    if admin.password:
-        conninfo["password"] = admin.password
     try:
-        return psycopg.connect(**conninfo, autocommit=True, connect_timeout=3)
+        return _connect(_admin_url())
     except psycopg.OperationalError as exc:
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail(f"REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {exc}")
+        admin = make_url(_admin_url())
         pytest.skip(f"PostgreSQL unreachable at {admin.host}:{admin.port}: {exc}")
 
 
@@ -162,15 +168,7 @@ def migrated_postgres_url(_migrated_postgres_database: str) -> str:
     test's engine is disposed by then; a connection it left open fails this within
     10 s instead of hanging.
     """
-    url = make_url(_migrated_postgres_database)
-    with psycopg.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        dbname=url.database,
-        autocommit=True,
-    ) as connection:
+    with _connect(_migrated_postgres_database) as connection:
         connection.execute("SET lock_timeout = '10s'")
         tables = [
             row[0]

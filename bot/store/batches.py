@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from bot.domain.events import Event
 from bot.domain.settings import DEFAULTS, ChannelSettings
 from bot.domain.status import ImportStatus
-from bot.store.channel_settings import settings_from_row
+from bot.store.channel_settings import settings_of
 from bot.store.records import (
     ACTIVE,
     DROPPED,
@@ -34,7 +34,6 @@ from bot.store.records import (
 from bot.store.subscriptions import Subscriptions, end_subscriptions
 from bot.store.tables import (
     BatchRow,
-    ChannelSettingsRow,
     ChannelWaitRow,
     ImportRow,
     NotificationRow,
@@ -384,12 +383,6 @@ class Batches:
                     ChannelWaitRow.channel_id == batch.channel_id,
                 )
             ).scalar()
-            settings_row = conn.execute(
-                select(ChannelSettingsRow).where(
-                    ChannelSettingsRow.team_id == batch.team_id,
-                    ChannelSettingsRow.channel_id == batch.channel_id,
-                )
-            ).scalar()
             return BatchState(
                 batch_id=batch.id,
                 team_id=batch.team_id,
@@ -410,7 +403,7 @@ class Batches:
                 members=members,
                 notifications=notifications,
                 channel_wait_until=wait,
-                settings=settings_from_row(settings_row) if settings_row is not None else DEFAULTS,
+                settings=settings_of(conn, batch.team_id, batch.channel_id),
                 member_versions={m.subscription_id: m.card_wanted for m in members},
             )
 

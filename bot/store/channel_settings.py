@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from bot.domain.settings import (
     DEFAULTS,
@@ -52,6 +53,18 @@ def settings_columns(settings: ChannelSettings) -> dict[str, Any]:
     }
 
 
+def settings_of(conn: Connection | Session, team_id: str, channel_id: str) -> ChannelSettings:
+    """A channel's settings read on the caller's connection (the defaults when it never
+    changed any)."""
+    row = conn.execute(
+        select(ChannelSettingsRow.__table__).where(
+            ChannelSettingsRow.team_id == team_id,
+            ChannelSettingsRow.channel_id == channel_id,
+        )
+    ).first()
+    return settings_from_row(row) if row is not None else DEFAULTS
+
+
 def settings_from_row(row: Any) -> ChannelSettings:
     """The ChannelSettings a row holds; an unreadable value is that key's default."""
     texts = {
@@ -86,13 +99,7 @@ class ChannelSettingsTable:
     def get(self, team_id: str, channel_id: str) -> ChannelSettings:
         """The channel's settings (the defaults when it never changed any)."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(ChannelSettingsRow).where(
-                    ChannelSettingsRow.team_id == team_id,
-                    ChannelSettingsRow.channel_id == channel_id,
-                )
-            ).first()
-        return settings_from_row(row) if row is not None else DEFAULTS
+            return settings_of(conn, team_id, channel_id)
 
     def update(
         self,

@@ -26,9 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.domain.events import Event
-from bot.domain.settings import DEFAULTS
 from bot.store.archives import archive_note
-from bot.store.channel_settings import settings_from_row
+from bot.store.channel_settings import settings_of
 from bot.store.records import (
     ACTIVE,
     DROPPED,
@@ -41,7 +40,6 @@ from bot.store.records import (
 )
 from bot.store.subscriptions import end_subscriptions
 from bot.store.tables import (
-    ChannelSettingsRow,
     ChannelWaitRow,
     ImportRow,
     NotificationRow,
@@ -257,12 +255,6 @@ class Outbox:
                 )
                 for n in notifications
             ]
-            settings_row = conn.execute(
-                select(ChannelSettingsRow.__table__).where(
-                    ChannelSettingsRow.team_id == row.team_id,
-                    ChannelSettingsRow.channel_id == row.channel_id,
-                )
-            ).first()
             return DeliveryState(
                 subscription_id=row.id,
                 team_id=row.team_id,
@@ -284,7 +276,7 @@ class Outbox:
                 card_error=row.card_error,
                 channel_wait_until=row.not_before,
                 exceptions=archive_note(conn, subscription_id),
-                settings=settings_from_row(settings_row) if settings_row is not None else DEFAULTS,
+                settings=settings_of(conn, row.team_id, row.channel_id),
             )
 
     def set_tracking_message(self, subscription_id: int, ts: str, card_version: int) -> None:
