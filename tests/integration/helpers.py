@@ -137,6 +137,15 @@ def wait_replies(
     return found
 
 
+def calls_to(harness: Harness, channel: str, since: float, *methods: str) -> list[Any]:
+    """The bot's Web API calls of ``methods`` for ``channel`` made since ``since`` (monotonic)."""
+    return [
+        c
+        for c in harness.emulator.requests
+        if c.at >= since and c.params.get("channel") == channel and c.method in methods
+    ]
+
+
 # --------------------------------------------------------------------------- the database
 
 

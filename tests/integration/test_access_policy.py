@@ -20,6 +20,8 @@ from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.slack.render import ACTION_REFRESH, ACTION_UNWATCH, ACTION_WATCH
 
+pytestmark = pytest.mark.slow
+
 LIMIT = 4
 GUARDED_ENV = {
     "ALLOWED_CHANNEL_IDS": "C0001,C0002,C0003",

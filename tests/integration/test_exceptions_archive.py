@@ -30,6 +30,8 @@ from bot.sandbox.slack_files import UploadedFile
 from bot.slack import render
 from bot.store.tables import ArchiveRow, ArchiveUploadRow
 
+pytestmark = pytest.mark.slow
+
 _numbers = itertools.count(1)
 ARCHIVE_WAIT = 15.0  # from the import finishing to the file in the thread, at most
 ENV = {

@@ -29,6 +29,8 @@ from bot.sandbox.slack_emulator import Message, message_text, wait_for
 from bot.sandbox.slack_files import UploadedFile
 from bot.store.tables import ArchiveRow, ArchiveUploadRow, ImportRow
 
+pytestmark = pytest.mark.slow
+
 ENV = {
     "LEASE_SECONDS": "2",
     "LOOKUP_RATE_LIMIT": "1000",

@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import message_text, wait_for
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 IMPORTS = 90
 CHANNELS = 9

@@ -3,9 +3,10 @@
 A real ``import-status-bot serve`` process talks to the strict emulator: the bot
 posts only where it was invited, Slack's rate limits and errors come back as
 Slack sends them. What is checked is what people and operators see: other
-channels carry on while one is rate-limited, a card Slack will never take costs
-a few calls and ends the watch, Retry-After is honoured for card edits, and
-``watch`` where the bot cannot post says so and keeps nothing.
+channels carry on while one is rate-limited, Retry-After is honoured for card
+edits, and ``watch`` where the bot cannot post says so and keeps nothing. (A
+card Slack will never take: test_slack_card_errors.py, a module of its own so
+that its 30 s and this module's run side by side.)
 
 One bot serves the module; each test has its own channels, users and tokens
 (and, where a wait covers a whole workspace, its own workspace).
@@ -25,21 +26,15 @@ from sqlalchemy import create_engine, select
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
-from bot.slack.errors import INVITE_HINT, SLACK_ERRORS
+from bot.slack.errors import INVITE_HINT
 from bot.store.tables import ImportRow, SubscriptionRow
+from tests.integration.helpers import calls_to
+
+pytestmark = pytest.mark.slow
 
 ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness
 SLACK = 2.0  # what a transition may take beyond its poll interval
 LIMITED_FOR = 30.0  # how long Slack rate-limits the stalled channel
-# The card errors the issue met: a card Slack will never take.
-PERMANENT_CARD_ERRORS = [
-    "restricted_action",
-    "restricted_action_read_only_channel",
-    "team_access_not_granted",
-    "missing_scope",
-    "ekm_access_denied",
-    "invalid_blocks",
-]
 
 _numbers = itertools.count(1)
 
@@ -105,14 +100,6 @@ def card_text(harness: Harness, card: Message) -> str:
     current = harness.emulator.message(card.channel, card.ts)
     assert current is not None
     return message_text(current)
-
-
-def calls_to(harness: Harness, channel: str, since: float, *methods: str) -> list[Any]:
-    return [
-        c
-        for c in harness.emulator.requests
-        if c.at >= since and c.params.get("channel") == channel and c.method in methods
-    ]
 
 
 def rows(harness: Harness, query: Any) -> list[dict[str, Any]]:
@@ -205,56 +192,6 @@ def test_a_rate_limited_channel_stalls_no_other_channel(
             f"{limited_for:.0f} s; {len(tried)} calls went to the limited channel; that one "
             f"caught up {caught_up:.2f} s after the limit lifted"
         )
-
-
-# --------------------------------------------------------------------------- refusals
-
-
-def test_each_permanent_card_error_makes_at_most_3_calls_in_30_s_and_ends_the_watch(
-    harness: Harness, bot: BotProcess
-) -> None:
-    """Each error met twice: on the first card (at watch) and on an edit later."""
-    emulator, sim = harness.emulator, harness.sim
-    started = time.monotonic()
-    offset = len(bot.log_text())
-    cases: list[tuple[str, str, str, int]] = []  # (code, at-watch channel, edit channel, token)
-    for code in PERMANENT_CARD_ERRORS:
-        suffix, token = place()
-        at_watch, at_edit, user_id = f"CPW{suffix}", f"CPE{suffix}", f"UP{suffix}"
-        sim.add_import(token, status="Queued", ValidationSuccessful=1000)
-        emulator.invite_bot(at_edit)
-        with harness.user(bot, channel_id=at_watch, user_id=user_id) as user:
-            card = watch(harness, user, token, at_edit)
-            emulator.inject_error("chat.update", code, channel=at_edit, times=None)
-            emulator.inject_error("chat.postMessage", code, channel=at_watch, times=None)
-            answer = ack_text(user, f"watch {token}")
-        hint = SLACK_ERRORS[code].hint
-        assert f"I can't watch import {token} here" in answer, answer
-        assert (hint or f"Slack refused its tracking card ({code})") in answer
-        assert subscriptions(harness, at_watch) == []
-        sim.update(token, Status="Processing")  # the edit channel's card must change
-        cases.append((code, at_watch, at_edit, token))
-        assert card.channel == at_edit
-
-    time.sleep(max(0.0, started + 30 - time.monotonic()))
-    log = bot.log_text()[offset:]
-    for code, at_watch, at_edit, _ in cases:
-        tried = calls_to(harness, at_watch, started, "chat.postMessage")
-        assert len(tried) <= 3, (code, len(tried))
-        tried = calls_to(harness, at_edit, started, "chat.update", "chat.postMessage")
-        assert len(tried) <= 3, (code, [c.method for c in tried])
-        (row,) = subscriptions(harness, at_edit)
-        assert (row["state"], row["ended_reason"]) == ("ended", f"Slack: {code}"), code
-        ended = [
-            line
-            for line in log.splitlines()
-            if f"ending subscription: Slack says {code} " in line and f"channel={at_edit}" in line
-        ]
-        assert len(ended) == 1, (code, ended)
-        told = [e for e in emulator.ephemerals(at_edit) if "I stopped watching" in e.text]
-        if SLACK_ERRORS[code].hint:
-            assert len(told) == 1 and told[0].user.startswith("UP"), code
-        assert replies(harness, emulator.messages(at_edit)[0]) == []
 
 
 def test_retry_after_30_on_chat_update_gives_at_most_2_calls_in_10_s(

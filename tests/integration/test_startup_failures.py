@@ -31,6 +31,8 @@ from bot.sandbox.devserver import ServerThread
 from bot.sandbox.mypreferences_simulator import Simulator, base_url
 from bot.store.engine import make_engine
 
+pytestmark = pytest.mark.slow
+
 # The password as written in DATABASE_URL and as the driver receives it.
 PASSWORD_ENCODED = "S3cr%40t%25pw"
 PASSWORD = "S3cr@t%pw"
