@@ -83,10 +83,22 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # a worker, or no workers
     root = Path(__file__).resolve().parent.parent
     compileall.compile_dir(root / "bot", quiet=1)
-    for path in sorted((root / "tests").rglob("test_*.py")):
+    for path in sorted(_test_files(config, root)):
         module = ".".join(path.relative_to(root).with_suffix("").parts)
         with contextlib.suppress(Exception):  # a broken module is the worker's to report
             importlib.import_module(module)  # through pytest's assert rewriting, cached
+
+
+def _test_files(config: pytest.Config, root: Path) -> set[Path]:
+    """The test modules under the paths given on the command line (default: tests/)."""
+    files: set[Path] = set()
+    for arg in config.args or ["tests"]:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path.is_dir():
+            files.update(path.rglob("test_*.py"))
+        elif path.name.startswith("test_") and path.suffix == ".py":
+            files.add(path)
+    return {f for f in files if f.is_relative_to(root / "tests")}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
