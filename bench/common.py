@@ -155,16 +155,9 @@ def scratch_database(url: str | None) -> Iterator[str]:
     import psycopg
 
     admin = make_url(url)
-    conninfo: dict[str, Any] = {
-        "host": admin.host or "127.0.0.1",
-        "port": admin.port or 5432,
-        "user": admin.username or "postgres",
-        "dbname": admin.database or "postgres",
-    }
-    if admin.password:
-        conninfo["password"] = admin.password
+    libpq = admin.set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"isb_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**conninfo, autocommit=True) as connection:
+    with psycopg.connect(libpq, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
         try:
             yield admin.set(database=name).render_as_string(hide_password=False)

@@ -124,16 +124,8 @@ def _admin_url() -> str:
 
 def _connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection to the database a SQLAlchemy URL names."""
-    parts = make_url(url)
-    conninfo: dict[str, Any] = {
-        "host": parts.host or "127.0.0.1",
-        "port": parts.port or 5432,
-        "user": parts.username or "postgres",
-        "dbname": parts.database or "test",
-    }
-    if parts.password:
-        conninfo["password"] = parts.password
-    return psycopg.connect(**conninfo, autocommit=True, connect_timeout=3)
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(libpq, autocommit=True, connect_timeout=3)
 
 
 def _admin_connection() -> psycopg.Connection[Any]:

@@ -11,13 +11,14 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, TextClause, create_engine, text
+from sqlalchemy import Engine, TextClause, create_engine, select, text
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Executable
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.mypreferences_simulator import Simulator
 from bot.sandbox.slack_emulator import CommandResult, Message, SlackUser, message_text, wait_for
+from bot.store.tables import SubscriptionRow
 
 # How long to wait for something that should happen within a few seconds. Generous,
 # because the machine may be busy (other workers, other people): a wait ends as soon
@@ -157,6 +158,12 @@ def db_rows(harness: Harness, query: Executable | str, **params: Any) -> list[di
     statement: Executable | TextClause = text(query) if isinstance(query, str) else query
     with _engine(harness.database_url).connect() as conn:
         return [dict(row) for row in conn.execute(statement, params).mappings()]
+
+
+def subscriptions(harness: Harness, channel: str) -> list[dict[str, Any]]:
+    """The channel's subscription rows, active and ended."""
+    table = SubscriptionRow.__table__
+    return db_rows(harness, select(table).where(SubscriptionRow.channel_id == channel))
 
 
 @functools.cache

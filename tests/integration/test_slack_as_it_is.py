@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import Message, SlackUser, message_text, wait_for
 from bot.slack.errors import INVITE_HINT
-from bot.store.tables import ImportRow, SubscriptionRow
-from tests.integration.helpers import calls_to
+from bot.store.tables import ImportRow
+from tests.integration.helpers import calls_to, db_rows, subscriptions
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +34,9 @@ ACTIVE_INTERVAL = 1.0  # POLL_INTERVAL_SECONDS in the harness
 SLACK = 2.0  # what a transition may take beyond its poll interval
 LIMITED_FOR = 30.0  # how long Slack rate-limits the stalled channel
 
+HARNESS_ENV = {"LOOKUP_RATE_LIMIT": "1000"}  # for the bot of tests/integration/conftest.py
+
 _numbers = itertools.count(1)
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("slack")) / "harness", preloaded=True) as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot(LOOKUP_RATE_LIMIT=1000)
 
 
 def place() -> tuple[str, int]:
@@ -102,22 +88,8 @@ def card_text(harness: Harness, card: Message) -> str:
     return message_text(current)
 
 
-def rows(harness: Harness, query: Any) -> list[dict[str, Any]]:
-    engine = create_engine(harness.database_url)
-    try:
-        with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-    finally:
-        engine.dispose()
-
-
-def subscriptions(harness: Harness, channel: str) -> list[dict[str, Any]]:
-    table = SubscriptionRow.__table__
-    return rows(harness, select(table).where(SubscriptionRow.channel_id == channel))
-
-
 def imports(harness: Harness, token: int) -> list[dict[str, Any]]:
-    return rows(harness, select(ImportRow.__table__).where(ImportRow.access_token == token))
+    return db_rows(harness, select(ImportRow.__table__).where(ImportRow.access_token == token))
 
 
 def healthy(bot: BotProcess) -> bool:

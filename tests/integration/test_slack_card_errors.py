@@ -11,17 +11,13 @@ is: test_slack_as_it_is.py; apart, so that the two 30 s waits run side by side.)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from bot.sandbox.harness import BotProcess, Harness
 from bot.sandbox.slack_emulator import message_text
 from bot.slack.errors import SLACK_ERRORS
-from bot.store.tables import SubscriptionRow
-from tests.integration.helpers import calls_to, db_rows, final_reply, replies, watch
+from tests.integration.helpers import calls_to, final_reply, replies, subscriptions, watch
 
 pytestmark = pytest.mark.slow
 
@@ -35,22 +31,7 @@ PERMANENT_CARD_ERRORS = [
     "invalid_blocks",
 ]
 WITHIN = 30.0  # seconds in which each error may cost at most 3 calls
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with Harness(Path(tmp_path_factory.mktemp("slack")) / "harness", preloaded=True) as h:
-        yield h
-
-
-@pytest.fixture(scope="module")
-def bot(harness: Harness) -> BotProcess:
-    return harness.start_bot(LOOKUP_RATE_LIMIT=1000)
-
-
-def subscriptions(harness: Harness, channel: str) -> list[dict[str, object]]:
-    table = SubscriptionRow.__table__
-    return db_rows(harness, select(table).where(SubscriptionRow.channel_id == channel))
+HARNESS_ENV = {"LOOKUP_RATE_LIMIT": "1000"}  # for the bot of tests/integration/conftest.py
 
 
 def test_each_permanent_card_error_makes_at_most_3_calls_in_30_s_and_ends_the_watch(

@@ -33,6 +33,7 @@ from tests.integration.helpers import (
     db_rows,
     final_reply,
     replies,
+    subscriptions,
     wait_card,
     wait_polls,
     wait_replies,
@@ -85,12 +86,6 @@ def ack_text(user: SlackUser, text: str, **overrides: Any) -> str:
 
 def list_text(user: SlackUser, channel: str | None = None) -> str:
     return ack_text(user, "list", channel_id=channel or user.channel_id)
-
-
-def subscriptions(harness: Harness, channel: str) -> list[dict[str, Any]]:
-    return db_rows(
-        harness, select(SubscriptionRow.__table__).where(SubscriptionRow.channel_id == channel)
-    )
 
 
 def notifications(harness: Harness, channel: str) -> list[dict[str, Any]]:
