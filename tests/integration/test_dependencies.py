@@ -104,6 +104,10 @@ def test_readme_commands_install_from_the_locks_and_ci_runs_the_test_command() -
     run, test = blocks[0], blocks[1]
     assert "-r requirements.lock" in run and "--no-deps -e ." in run
     assert "-r requirements-dev.lock" in test and "--no-deps -e ." in test
+    # uv installs the locks (hash-checked) and is itself pinned to the lock's version.
+    uv = f"pip install -q uv=={_locked('requirements-dev.lock')['uv']} "
+    for command in (run, test):
+        assert uv in command and "--require-hashes" in command
     assert test.endswith(".venv/bin/pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines()
