@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, exists, or_, select, update
+from sqlalchemy import Engine, Row, and_, bindparam, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -436,35 +436,39 @@ class Archives:
             return archive_note(conn, subscription_id)
 
 
+# Read for every subscription delivered: built once (see outbox.py's statements).
+_ARCHIVE_NOTE = (
+    select(
+        ArchiveRow.kind,
+        ArchiveRow.records,
+        ArchiveRow.expected,
+        ArchiveRow.stopped,
+        ArchiveRow.cut,
+        ArchiveRow.error,
+        ArchiveUploadRow.mode,
+        ArchiveUploadRow.slack_file_id,
+    )
+    .join(
+        ArchiveUploadRow,
+        and_(
+            ArchiveUploadRow.archive_id == ArchiveRow.id,
+            ArchiveUploadRow.subscription_id == bindparam("p_subscription"),
+            ArchiveUploadRow.state == UPLOAD_SENT,
+        ),
+    )
+    .order_by(
+        ArchiveRow.records.is_not(None).desc(),
+        (ArchiveRow.kind == ArchiveKind.FINAL.value).desc(),
+        ArchiveUploadRow.id.desc(),
+    )
+    .limit(1)
+)
+
+
 def archive_note(conn: Connection, subscription_id: int) -> ArchiveNote | None:
     """The archive a subscription's card speaks of: the final one, unless it could not be
     fetched and a partial one was posted (the card then points at the partial file)."""
-    row = conn.execute(
-        select(
-            ArchiveRow.kind,
-            ArchiveRow.records,
-            ArchiveRow.expected,
-            ArchiveRow.stopped,
-            ArchiveRow.cut,
-            ArchiveRow.error,
-            ArchiveUploadRow.mode,
-            ArchiveUploadRow.slack_file_id,
-        )
-        .join(
-            ArchiveUploadRow,
-            and_(
-                ArchiveUploadRow.archive_id == ArchiveRow.id,
-                ArchiveUploadRow.subscription_id == subscription_id,
-                ArchiveUploadRow.state == UPLOAD_SENT,
-            ),
-        )
-        .order_by(
-            ArchiveRow.records.is_not(None).desc(),
-            (ArchiveRow.kind == ArchiveKind.FINAL.value).desc(),
-            ArchiveUploadRow.id.desc(),
-        )
-        .limit(1)
-    ).first()
+    row = conn.execute(_ARCHIVE_NOTE, {"p_subscription": subscription_id}).first()
     if row is None:
         return None
     return ArchiveNote(

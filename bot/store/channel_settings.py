@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -53,15 +53,17 @@ def settings_columns(settings: ChannelSettings) -> dict[str, Any]:
     }
 
 
+# Read for every subscription delivered: built once (see outbox.py's statements).
+_SETTINGS_OF = select(ChannelSettingsRow.__table__).where(
+    ChannelSettingsRow.team_id == bindparam("p_team"),
+    ChannelSettingsRow.channel_id == bindparam("p_channel"),
+)
+
+
 def settings_of(conn: Connection | Session, team_id: str, channel_id: str) -> ChannelSettings:
     """A channel's settings read on the caller's connection (the defaults when it never
     changed any)."""
-    row = conn.execute(
-        select(ChannelSettingsRow.__table__).where(
-            ChannelSettingsRow.team_id == team_id,
-            ChannelSettingsRow.channel_id == channel_id,
-        )
-    ).first()
+    row = conn.execute(_SETTINGS_OF, {"p_team": team_id, "p_channel": channel_id}).first()
     return settings_from_row(row) if row is not None else DEFAULTS
 
 

@@ -144,53 +144,33 @@ class Polls:
             if decision.events or decision.changed or decision.finished:
                 changed.append(result)
             else:
-                quiet.append(
-                    {
-                        "b_id": result.import_id,
-                        "b_owner": owner,
-                        **_poll_columns(result),
-                    }
-                )
+                quiet.append({"p_id": result.import_id, "p_owner": owner, **_poll_columns(result)})
         if not quiet and not changed:
             return 0
         created = 0
         with self.engine.begin() as conn:
             if quiet:
-                conn.execute(
-                    update(ImportRow).where(
-                        ImportRow.id == bindparam("b_id"),
-                        ImportRow.lease_owner == bindparam("b_owner"),
-                    ),
-                    quiet,
-                )
+                conn.execute(_SAVE_POLL, quiet)
             for result in changed:
                 created += self._save_change(conn, owner, result)
         return created
 
     def _save_change(self, conn: Connection, owner: str, result: PollResult) -> int:
         status = result.decision.memory.status
-        values = _poll_columns(result)
+        values = {"p_id": result.import_id, "p_owner": owner, **_poll_columns(result)}
+        save = _SAVE_POLL
         if result.decision.changed and status is not None:
+            save = _SAVE_CHANGED_POLL
             values |= {
                 "status": status.status.value,
                 "name": status.name,
                 "snapshot": snapshot_of(status),
                 "expires_at": status.expires,
-                "version": ImportRow.version + 1,
                 "last_changed_at": result.polled_at,
             }
-        saved = conn.execute(
-            update(ImportRow)
-            .where(ImportRow.id == result.import_id, ImportRow.lease_owner == owner)
-            .values(**values)
-        ).rowcount
-        if not saved:
+        if not conn.execute(save, values).rowcount:
             return 0  # the lease expired and another replica took over: its result wins
-        subscriptions = conn.execute(
-            select(SubscriptionRow.id, SubscriptionRow.team_id).where(
-                SubscriptionRow.import_id == result.import_id, SubscriptionRow.state == ACTIVE
-            )
-        ).all()
+        subscriptions = conn.execute(_ACTIVE_SUBSCRIPTIONS, {"p_id": result.import_id}).all()
         if not subscriptions:
             return 0
         created = 0
@@ -228,11 +208,7 @@ class Polls:
             )
         ids = [sub.id for sub in subscriptions]
         if result.decision.changed:
-            conn.execute(
-                update(SubscriptionRow)
-                .where(SubscriptionRow.id.in_(ids))
-                .values(card_wanted=SubscriptionRow.card_wanted + 1)
-            )
+            conn.execute(_WANT_NEW_CARD, {"p_ids": ids})
         if result.decision.finished:
             reason = _finish_reason(result.decision)
             end_subscriptions(conn, ids, reason, result.polled_at, drop_pending=False)
@@ -257,6 +233,23 @@ class Polls:
                 .where(ImportRow.lease_owner == owner)
                 .values(lease_owner=None, lease_until=None)
             )
+
+
+# The statements of every saved poll, built once with bound parameters (named p_*,
+# never a column's name); the columns to set are the execution's other parameters.
+# SQLAlchemy then reuses their cache key and compiled form (see outbox.py).
+_SAVE_POLL = update(ImportRow).where(
+    ImportRow.id == bindparam("p_id"), ImportRow.lease_owner == bindparam("p_owner")
+)
+_SAVE_CHANGED_POLL = _SAVE_POLL.values(version=ImportRow.version + 1)
+_ACTIVE_SUBSCRIPTIONS = select(SubscriptionRow.id, SubscriptionRow.team_id).where(
+    SubscriptionRow.import_id == bindparam("p_id"), SubscriptionRow.state == ACTIVE
+)
+_WANT_NEW_CARD = (
+    update(SubscriptionRow)
+    .where(SubscriptionRow.id.in_(bindparam("p_ids", expanding=True)))
+    .values(card_wanted=SubscriptionRow.card_wanted + 1)
+)
 
 
 def _poll_columns(result: PollResult) -> dict[str, Any]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -288,21 +287,28 @@ def end_subscriptions(
     """End these active subscriptions; the card gets one last edit unless ``card`` is False."""
     if not subscription_ids:
         return
-    values: dict[str, Any] = {"state": ENDED, "ended_at": now, "ended_reason": reason[:200]}
-    if card:
-        # One last edit so the card says the watch is over.
-        values["card_wanted"] = SubscriptionRow.card_wanted + 1
-    conn.execute(
-        update(SubscriptionRow)
-        .where(SubscriptionRow.id.in_(subscription_ids), SubscriptionRow.state == ACTIVE)
-        .values(**values)
-    )
+    ending = {"p_ids": subscription_ids, "p_at": now, "p_reason": reason[:200]}
+    conn.execute(_END_WITH_CARD_EDIT if card else _END, ending)
     if drop_pending:
-        conn.execute(
-            update(NotificationRow)
-            .where(
-                NotificationRow.subscription_id.in_(subscription_ids),
-                NotificationRow.state == PENDING,
-            )
-            .values(state=DROPPED)
-        )
+        conn.execute(_DROP_PENDING, {"p_ids": subscription_ids})
+
+
+# Run for every import that finishes: built once (see outbox.py's statements).
+_END = (
+    update(SubscriptionRow)
+    .where(
+        SubscriptionRow.id.in_(bindparam("p_ids", expanding=True)),
+        SubscriptionRow.state == ACTIVE,
+    )
+    .values(state=ENDED, ended_at=bindparam("p_at"), ended_reason=bindparam("p_reason"))
+)
+# One last edit so the card says the watch is over.
+_END_WITH_CARD_EDIT = _END.values(card_wanted=SubscriptionRow.card_wanted + 1)
+_DROP_PENDING = (
+    update(NotificationRow)
+    .where(
+        NotificationRow.subscription_id.in_(bindparam("p_ids", expanding=True)),
+        NotificationRow.state == PENDING,
+    )
+    .values(state=DROPPED)
+)
