@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any, Protocol
 
 import httpx
@@ -245,6 +245,17 @@ def _is_header_safe(value: str) -> bool:
     return bool(value) and all(33 <= ord(ch) <= 126 for ch in value)
 
 
+def _raw_chunks(response: httpx.Response) -> AsyncIterable[bytes]:
+    """The body's bytes as the transport hands them over, undecoded.
+
+    The transport's stream itself when it is one (the caller closes the response):
+    ``aiter_raw`` re-chunks and counts every piece on its way, 25 µs of a poll's
+    0.45 ms of CPU (bench/README.md).
+    """
+    stream = response.stream
+    return stream if isinstance(stream, httpx.AsyncByteStream) else response.aiter_raw()
+
+
 async def read_limited(response: httpx.Response, limit: int) -> bytes | None:
     """The decoded body, or None once it grows past ``limit`` bytes (reading stops there).
 
@@ -262,7 +273,7 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes | None:
         # The compressed size is capped too: a stream of empty blocks decodes to nothing.
         raw_limit = limit + MAX_COMPRESSION_OVERHEAD
         raw = 0
-        async for chunk in response.aiter_raw():
+        async for chunk in _raw_chunks(response):
             raw += len(chunk)
             if raw > raw_limit or not decoder.feed(chunk):
                 return None
