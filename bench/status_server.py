@@ -52,7 +52,7 @@ _STATUS = {
     "NotHonored": 0,
     "AccessToken": 0,
     "Status": "Processing",
-    "Expires": "2026-12-02T17:23:52Z",
+    "Expires": "2036-01-01T00:00:00Z",  # far ahead: bench/poll_engine.py watches it
     "Name": "Simulated import",
     "DataStageDuration": 3,
     "ImportAction": "Add",
@@ -68,8 +68,11 @@ _STATUS = {
 
 
 def status_body(token: int) -> bytes:
-    """The status answer for ``token`` (what the preflight compares a decoded body with)."""
-    return json.dumps({**_STATUS, "AccessToken": token, "Name": f"Import {token}"}).encode()
+    """The status answer for ``token`` (what the preflight compares a decoded body with);
+    named as the simulator names its seeded imports, so ``bench.common.seed_watches``
+    stores what this server answers."""
+    body = {**_STATUS, "AccessToken": token, "Name": f"Simulated import {token}"}
+    return json.dumps(body).encode()
 
 
 def _bomb() -> bytes:
