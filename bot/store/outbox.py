@@ -372,7 +372,7 @@ class Outbox:
 _CARD_HEALTHY = {"card_attempts": 0, "card_retry_at": None, "card_error": None}
 
 
-def _deliverable(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+def _deliverable(now: datetime) -> ColumnElement[bool]:
     """A subscription with something to send now, and nothing telling it to wait."""
     channel_waits = exists().where(
         ChannelWaitRow.team_id == SubscriptionRow.team_id,

@@ -144,7 +144,7 @@ class Polls:
             if decision.events or decision.changed or decision.finished:
                 changed.append(result)
             else:
-                quiet.append({"p_id": result.import_id, "p_owner": owner, **_poll_columns(result)})
+                quiet.append(_save_parameters(owner, result))
         if not quiet and not changed:
             return 0
         created = 0
@@ -157,7 +157,7 @@ class Polls:
 
     def _save_change(self, conn: Connection, owner: str, result: PollResult) -> int:
         status = result.decision.memory.status
-        values = {"p_id": result.import_id, "p_owner": owner, **_poll_columns(result)}
+        values = _save_parameters(owner, result)
         save = _SAVE_POLL
         if result.decision.changed and status is not None:
             save = _SAVE_CHANGED_POLL
@@ -252,9 +252,12 @@ _WANT_NEW_CARD = (
 )
 
 
-def _poll_columns(result: PollResult) -> dict[str, Any]:
-    """What every saved poll writes: when, what next, the memory, and the lease let go."""
+def _save_parameters(owner: str, result: PollResult) -> dict[str, Any]:
+    """``_SAVE_POLL``'s parameters: which import, whose lease, and what every saved poll
+    writes (when, what next, the memory, and the lease let go)."""
     return {
+        "p_id": result.import_id,
+        "p_owner": owner,
         "last_polled_at": result.polled_at,
         "next_poll_at": result.next_poll_at,
         "last_error": result.error,

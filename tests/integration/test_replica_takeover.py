@@ -137,12 +137,9 @@ def test_a_killed_replicas_imports_move_on_within_15_s_at_the_default_lease(
         wait_for(ten_held, timeout=20, description="a replica holding ten leases")
         victim = bots[held.index(max(held))]
 
-        def victim_leases() -> dict[int, float]:
-            return leases_of(victim)
-
         victim.kill()
         killed_at = time.monotonic()
-        orphaned = victim_leases()
+        orphaned = leases_of(victim)
         # Every lease ends one HTTP timeout after the import is due again, not 60 s on.
         to_wall = time.time() - time.monotonic()
         longest_lease = max(orphaned.values()) - (killed_at + to_wall)
@@ -158,7 +155,7 @@ def test_a_killed_replicas_imports_move_on_within_15_s_at_the_default_lease(
                 if "Completed" in replies and token not in seen:
                     seen[token] = now - killed_at
             time.sleep(0.1)
-        leftover = victim_leases()
+        leftover = leases_of(victim)
     finally:
         engine.dispose()
 
