@@ -69,6 +69,7 @@ from bot.config import Need, load_settings
 from bot.domain.status import ImportStatus
 from bot.metrics import METRICS
 from bot.mypreferences.client import MyPreferencesClient
+from bot.runtime import settle_heap
 from bot.slack.delivery import Delivery
 from bot.store import Store
 from bot.store.engine import make_engine, migrate
@@ -249,6 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         delivery = Delivery(store.outbox, slack, OWNER, lease_seconds=settings.lease_seconds)
         watcher = Poller(settings, store.polls, api, delivery, OWNER)
         writes = WriteCounter(engine)
+        settle_heap()  # as `serve` does once start-up is done
         rss_before = peak_rss_mb()
 
         before = {o: _polls(o) for o in OUTCOMES}

@@ -272,7 +272,7 @@ def _serve(*, socket_mode: bool) -> int:
     # a second of CPU on importing Bolt, SQLAlchemy and uvicorn.
     import uvicorn
 
-    from bot.runtime import Runtime
+    from bot.runtime import Runtime, settle_heap
     from bot.server import create_app
 
     runtime = Runtime(settings, socket_mode=socket_mode)
@@ -288,6 +288,7 @@ def _serve(*, socket_mode: bool) -> int:
         limit_concurrency=1000,
     )
     server = _graceful_server_class()(config)
+    settle_heap()  # start-up is done: what it made lives as long as the process
     mode = "socket" if socket_mode else "HTTP"
     logging.getLogger(STARTUP_LOGGER).info("listening on http://%s:%d (%s mode)", host, port, mode)
     server.run(sockets=[sock])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -50,6 +51,29 @@ UNHEALTHY_AFTER_FAILED_TICKS = 2
 # soon enough for that. Each look is a write transaction: at TICK_SECONDS=0.25 four
 # loops looking four times a second kept an idle bot busy.
 MIN_IDLE_SECONDS = 1.0
+# Allocations (less deallocations) of tracked objects between young collections; see
+# settle_heap.
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Set the garbage collector for a long-running service; once, after start-up.
+
+    CPython's default (a young collection every 700 allocations) suits a short
+    script. The watcher keeps up to POLL_CONCURRENCY polls in flight, each alive
+    for the API's round trip: at 700 their objects are caught alive, promoted, and
+    swept again by the older generations' collections, which also walk everything
+    made at start (Bolt, SQLAlchemy, the app). That was an eighth of the poll
+    cycle's CPU at C=200 (bench/README.md, "The garbage collector"). So: collect
+    once, freeze what start-up made (it lives as long as the process and is never
+    scanned again), and let the young generation grow to YOUNG_GC_THRESHOLD, so a
+    poll's objects are mostly freed before the collector looks. Reference cycles
+    are still collected, a little later.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 class _WakeAll:
