@@ -174,12 +174,13 @@ def _success(memory: Memory, new: ImportStatus, now: datetime, rules: Rules) -> 
 
 def crossed_milestone(old: ImportStatus | None, new: ImportStatus) -> int | None:
     """The highest 25 % milestone reached by this poll and not before, while records move."""
-    if not new.status.is_active or new.progress is None:
+    progress = new.progress
+    if not new.status.is_active or progress is None:
         return None
-    if new.progress >= 1.0:
+    if progress >= 1.0:
         # At 100 % a "75 %" reply beside "1,000 of 1,000 records" would be wrong; Completed says it.
         return None
-    reached = [m for m in MILESTONES if new.progress * 100 >= m]
+    reached = [m for m in MILESTONES if progress * 100 >= m]
     if not reached:
         return None
     before = old.progress if old is not None and old.progress is not None else 0.0

@@ -121,6 +121,8 @@ class MyPreferencesClient:
         self._auth = authenticator or make_authenticator(
             settings, httpx.AsyncClient(transport=transport, timeout=settings.http_timeout_seconds)
         )
+        self._headers_authorization: str | None = None
+        self._request_headers = httpx.Headers()
         # Every request's timeouts, as httpx.AsyncClient(timeout=...) would set them.
         self._timeout = httpx.Timeout(settings.http_timeout_seconds).as_dict()
         self._sleep = sleep
@@ -268,6 +270,22 @@ class MyPreferencesClient:
             wait = max(wait, retry_after)
         return wait
 
+    def _headers(self, authorization: str) -> httpx.Headers:
+        """The request headers, built again only when the Authorization value changes."""
+        if authorization != self._headers_authorization:
+            self._request_headers = httpx.Headers(
+                {
+                    "Authorization": authorization,
+                    "Accept": "application/json",
+                    # Whatever the server does, read_limited caps what it decodes.
+                    **ACCEPT_IDENTITY,
+                    # So the API's operators can tell the bot's calls apart.
+                    "User-Agent": USER_AGENT,
+                }
+            )
+            self._headers_authorization = authorization
+        return self._request_headers
+
     async def _send(
         self,
         url: str,
@@ -282,24 +300,17 @@ class MyPreferencesClient:
             "GET",
             url,
             params=params,
-            headers={
-                "Authorization": header,
-                "Accept": "application/json",
-                # Whatever the server does, read_limited caps what it decodes.
-                **ACCEPT_IDENTITY,
-                # So the API's operators can tell the bot's calls apart.
-                "User-Agent": USER_AGENT,
-            },
+            headers=self._headers(header),
             extensions={"timeout": self._timeout},
         )
         try:
             response = await self._transport.handle_async_request(request)
             try:
                 code = response.status_code
-                retry_after = parse_retry_after(
-                    response.headers.get("Retry-After"), self._wall_clock()
-                )
                 if not 200 <= code < 300:
+                    retry_after = parse_retry_after(
+                        response.headers.get("Retry-After"), self._wall_clock()
+                    )
                     return _Answer(code, retry_after, None)
                 if _declared_too_large(response, max_bytes):
                     raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
@@ -319,7 +330,7 @@ class MyPreferencesClient:
             raise errors.Unreachable(f"network error ({type(exc).__name__})") from exc
         if raw is None:
             raise errors.MalformedResponse(f"the answer is larger than {_size(max_bytes)}")
-        return _Answer(code, retry_after, _decode_object(raw))
+        return _Answer(code, None, _decode_object(raw))
 
 
 def _with_client_id(template: str, client_id: str) -> str:
