@@ -113,5 +113,5 @@ class ImportStatus:
         values["status"] = Status(values.get("status", Status.UNKNOWN.value))
         expires = values.get("expires")
         values["expires"] = datetime.fromisoformat(expires) if expires else None
-        known = set(cls.__dataclass_fields__)
+        known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in values.items() if k in known})

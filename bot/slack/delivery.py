@@ -149,6 +149,8 @@ class Delivery:
         self.card_pace = Pacer(60 / card_edits_per_minute * 1.05, int(card_edits_per_minute))
         self._paced_until: dict[tuple[str, str], datetime] = {}
         self._card_turns: dict[int, datetime] = {}
+        # Card turns booked during a delivery, stored when its lease is released.
+        self._unsaved_card_turns: dict[int, datetime] = {}
 
     # ------------------------------------------------------------------ running
 
@@ -292,9 +294,10 @@ class Delivery:
             log.exception("delivery failed", extra={"subscription": subscription_id})
         finally:
             self._held.pop(subscription_id, None)
+            card_turn = self._unsaved_card_turns.pop(subscription_id, None)
             if not (new and result.outcome is CardOutcome.REFUSED):
                 await asyncio.to_thread(
-                    self.outbox.release_subscription, subscription_id, self.owner
+                    self.outbox.release_subscription, subscription_id, self.owner, card_turn
                 )
         return result
 
@@ -442,7 +445,9 @@ class Delivery:
             return True
         turn = now + timedelta(seconds=wait)
         self._card_turns[d.subscription_id] = turn
-        await asyncio.to_thread(self.outbox.defer_card, d.subscription_id, turn)
+        # Stored with the release of the lease, in the same transaction (no other
+        # replica can lease the subscription before): a write less per message.
+        self._unsaved_card_turns[d.subscription_id] = turn
         return False
 
     async def _post_card(self, d: DeliveryState, *, new: bool = False) -> str:
@@ -793,7 +798,10 @@ class Delivery:
             log.exception("posting exceptions failed", extra={"subscription": subscription_id})
         finally:
             self._held.pop(subscription_id, None)
-            await asyncio.to_thread(self.outbox.release_subscription, subscription_id, self.owner)
+            card_turn = self._unsaved_card_turns.pop(subscription_id, None)
+            await asyncio.to_thread(
+                self.outbox.release_subscription, subscription_id, self.owner, card_turn
+            )
 
     async def _pass_then_upload(self, subscription_id: int, upload: ThreadUpload) -> CardResult:
         result = await self._load_and_deliver(subscription_id, False)
@@ -858,7 +866,8 @@ def _upload_failure(exc: BaseException) -> SlackCallFailed:
 
 
 def _deferred(d: DeliveryState) -> bool:
-    """The card's edit waits for its turn at the pace (``defer_card``), not after a failure."""
+    """The card's edit waits for its turn at the pace (stored by ``release_subscription``),
+    not after a failure."""
     return d.card_retry_at is not None and d.card_error is None
 
 

@@ -250,12 +250,6 @@ class Outbox:
                 )
             )
 
-    def defer_card(self, subscription_id: int, not_before: datetime) -> None:
-        """The card's edit waits its turn under Slack's workspace-wide limit: not before
-        ``not_before``. Not a failure: no attempt is counted, no error kept."""
-        with self.engine.begin() as conn:
-            conn.execute(_DEFER_CARD, {"p_id": subscription_id, "p_at": not_before})
-
     def wait_channel(
         self, team_id: str, channel_id: str, not_before: datetime, reason: str
     ) -> None:
@@ -354,8 +348,15 @@ class Outbox:
                 .values(card_done=SubscriptionRow.card_wanted)
             )
 
-    def release_subscription(self, subscription_id: int, owner: str) -> None:
+    def release_subscription(
+        self, subscription_id: int, owner: str, card_not_before: datetime | None = None
+    ) -> None:
+        """Give the lease back; with ``card_not_before``, the card's edit waits its turn
+        under Slack's workspace-wide limit until then (not a failure: no attempt is
+        counted, no error kept). One transaction: the turn is kept as the lease ends."""
         with self.engine.begin() as conn:
+            if card_not_before is not None:
+                conn.execute(_DEFER_CARD, {"p_id": subscription_id, "p_at": card_not_before})
             conn.execute(_RELEASE_SUBSCRIPTION, {"p_id": subscription_id, "p_owner": owner})
 
     def release_leases(self, owner: str) -> None:

@@ -74,7 +74,8 @@ def test_a_deferred_card_is_not_leased_before_its_turn(store: Store) -> None:
     store.outbox.set_tracking_message(sid, "1790000000.000001", 1)
     with store.outbox.engine.begin() as conn:  # the card is posted; it needs an edit
         conn.execute(update(SubscriptionRow).values(card_wanted=2))
-    store.outbox.defer_card(sid, NOW + timedelta(seconds=30))
+    assert heads(store, "A", NOW, 10) == [sid]  # leased: the edit finds it is not its turn
+    store.outbox.release_subscription(sid, "A", card_not_before=NOW + timedelta(seconds=30))
 
     assert heads(store, "A", NOW + timedelta(seconds=29), 10) == []
     assert heads(store, "A", NOW + timedelta(seconds=30), 10) == [sid]
