@@ -145,8 +145,10 @@ class Delivery:
         # A channel whose next message must wait is left alone until then
         # (``_paced_until``); a card edit that must wait books its turn
         # (``_card_turns``) and is not leased again before it.
-        self.channel_pace = Pacer(CHANNEL_MESSAGE_INTERVAL, CHANNEL_BURST)
-        self.card_pace = Pacer(60 / card_edits_per_minute * 1.05, int(card_edits_per_minute))
+        self.channel_pace: Pacer[tuple[str, str]] = Pacer(CHANNEL_MESSAGE_INTERVAL, CHANNEL_BURST)
+        self.card_pace: Pacer[str] = Pacer(
+            60 / card_edits_per_minute * 1.05, int(card_edits_per_minute)
+        )
         self._paced_until: dict[tuple[str, str], datetime] = {}
         self._card_turns: dict[int, datetime] = {}
         # Card turns booked during a delivery, stored when its lease is released.
@@ -223,6 +225,7 @@ class Delivery:
                 self.lease_seconds,
                 skip_channels=frozenset(self._paced_until),
                 skip_subscriptions=skip | frozenset(self._in_flight),
+                served_channels=frozenset(self.channel_pace.spent(now.timestamp())),
             )
         )
         until = now + timedelta(seconds=self.lease_seconds)

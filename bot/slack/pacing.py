@@ -18,33 +18,37 @@ time is at most ``(burst - 1) * interval`` ahead of now. Times are seconds
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 # Beyond this many keys, those idle long enough to have a full burst again are forgotten.
 _PRUNE_ABOVE = 10_000
 
 
-class Pacer:
+K = TypeVar("K", bound=Hashable)
+
+
+class Pacer(Generic[K]):
     """Spaces calls per key: ``burst`` at once, then one every ``interval`` seconds."""
 
     def __init__(self, interval: float, burst: int) -> None:
         self.interval = interval
         self.burst = max(1, burst)
         self._tolerance = (self.burst - 1) * interval
-        self._next: dict[Hashable, float] = {}
+        self._next: dict[K, float] = {}
 
-    def delay(self, key: Hashable, now: float) -> float:
+    def delay(self, key: K, now: float) -> float:
         """Seconds until a call for ``key`` may go (0: now); nothing is booked."""
         allowed = max(self._next.get(key, now), now) - self._tolerance
         return max(0.0, allowed - now)
 
-    def take(self, key: Hashable, now: float) -> float:
+    def take(self, key: K, now: float) -> float:
         """Book a call now if one may go (returns 0), else return the seconds to wait."""
         wait = self.delay(key, now)
         if wait <= 0:
             self._book(key, now)
         return wait
 
-    def reserve(self, key: Hashable, now: float) -> float:
+    def reserve(self, key: K, now: float) -> float:
         """Book the next free turn for ``key``, however far ahead; seconds until it.
 
         Whoever reserved must call at that time without asking again: the turn is
@@ -54,7 +58,11 @@ class Pacer:
         self._book(key, now + wait)
         return wait
 
-    def _book(self, key: Hashable, at: float) -> None:
+    def spent(self, now: float) -> set[K]:
+        """The keys that have used some of their burst and not yet earned it back."""
+        return {key for key, at in self._next.items() if at > now}
+
+    def _book(self, key: K, at: float) -> None:
         self._next[key] = max(self._next.get(key, at), at) + self.interval
         if len(self._next) > _PRUNE_ABOVE:
             self._prune(at)

@@ -95,6 +95,7 @@ class OutboxStore(Protocol):
         *,
         skip_channels: Collection[tuple[str, str]] = (),
         skip_subscriptions: Collection[int] = (),
+        served_channels: Collection[tuple[str, str]] = (),
     ) -> list[int]: ...
 
     def claim_subscription(

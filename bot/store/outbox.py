@@ -92,15 +92,18 @@ class Outbox:
         *,
         skip_channels: Collection[tuple[str, str]] = (),
         skip_subscriptions: Collection[int] = (),
+        served_channels: Collection[tuple[str, str]] = (),
     ) -> list[int]:
         """Lease one subscription with something due in each of up to ``limit`` channels.
 
         Only in channels where no subscription is leased now (by any replica): one
         sender per channel at a time, so that Slack's per-channel rate is kept by
         spacing messages, not by racing into 429s, and every channel gets its turn
-        (the first ``limit`` channels by their lowest subscription id). Also skipped:
-        ``skip_channels`` ((team, channel) pairs the caller is pacing) and
-        ``skip_subscriptions``; and, as in ``claim_deliveries``, whatever must wait.
+        (the first ``limit`` channels by their lowest subscription id; those in
+        ``served_channels``, which the caller has just sent to, only after every
+        other). Also skipped: ``skip_channels`` ((team, channel) pairs the caller is
+        pacing) and ``skip_subscriptions``; and, as in ``claim_deliveries``,
+        whatever must wait.
         """
         with self.engine.begin() as conn:
             # One plain scan, no correlated subquery: the subscriptions with work now and
@@ -113,13 +116,19 @@ class Outbox:
             passed.update(skip_channels)
             skipped = set(skip_subscriptions)
             heads: list[int] = []
-            for subscription_id, team, channel, busy in rows:
-                if len(heads) >= limit:
-                    break
-                if busy or subscription_id in skipped or (team, channel) in passed:
-                    continue
-                heads.append(subscription_id)
-                passed.add((team, channel))
+            # A channel yet to be told anything goes before one that has just had a
+            # message: when many channels have news at once, each one's first message
+            # (and with it the start of its pace) comes as early as it can.
+            for later in (set(served_channels), set()) if served_channels else (set(),):
+                for subscription_id, team, channel, busy in rows:
+                    if len(heads) >= limit:
+                        break
+                    if busy or subscription_id in skipped or (team, channel) in passed:
+                        continue
+                    if (team, channel) in later:
+                        continue
+                    heads.append(subscription_id)
+                    passed.add((team, channel))
             if not heads:
                 return []
             # On PostgreSQL, the lease condition, checked again by the UPDATE on the row

@@ -46,3 +46,13 @@ def test_reservations_hand_out_turns_one_interval_apart_after_the_burst() -> Non
     assert [round(b - a, 6) for a, b in itertools.pairwise(turns[2:])] == [1.2, 1.2, 1.2]
     # Whoever asks next is served after every booked turn.
     assert round(pacer.delay("T1", 0.0), 6) == round(turns[-1] + 1.2, 6)
+
+
+def test_spent_names_the_keys_still_earning_their_burst_back() -> None:
+    pacer = Pacer(interval=1.0, burst=3)
+    pacer.take("C1", 0.0)
+    pacer.take("C2", 0.0)
+    pacer.take("C2", 0.0)
+    assert pacer.spent(0.5) == {"C1", "C2"}
+    assert pacer.spent(1.0) == {"C2"}, "one call is earned back after one interval"
+    assert pacer.spent(2.0) == set()

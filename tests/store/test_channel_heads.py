@@ -63,6 +63,18 @@ def test_skipped_channels_and_subscriptions_are_left_alone(store: Store) -> None
     assert heads(store, "A", NOW, 10, skip_subscriptions={c1[0], c2}) == [c1[1], other_team]
 
 
+def test_channels_just_sent_to_come_after_every_other(store: Store) -> None:
+    c1 = [watch(store, "C1", 1000 + n) for n in range(2)]
+    c2 = watch(store, "C2", 2000)
+    c3 = watch(store, "C3", 3000)
+    served = {("T1", "C1")}
+
+    # With one slot, C1's lower id waits: C2 has not been told anything yet.
+    assert heads(store, "A", NOW, 1, served_channels=served) == [c2]
+    # Once every other channel has its turn, C1 takes the slot left.
+    assert heads(store, "A", NOW, 5, served_channels=served) == [c1[0], c3]
+
+
 def test_limit_counts_channels(store: Store) -> None:
     first = [watch(store, f"C{n}", 1000 + n) for n in range(5)]
     assert heads(store, "A", NOW, 2) == first[:2]
