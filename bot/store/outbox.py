@@ -20,6 +20,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     exists,
+    func,
     or_,
     select,
     update,
@@ -360,13 +361,14 @@ class Outbox:
     def release_subscription(
         self, subscription_id: int, owner: str, card_not_before: datetime | None = None
     ) -> None:
-        """Give the lease back; with ``card_not_before``, the card's edit waits its turn
-        under Slack's workspace-wide limit until then (not a failure: no attempt is
-        counted, no error kept). One transaction: the turn is kept as the lease ends."""
+        """Give the lease back, if this replica still holds it; with ``card_not_before``,
+        the card's edit waits its turn under Slack's workspace-wide limit until then
+        (not a failure: no attempt is counted, no error kept)."""
         with self.engine.begin() as conn:
-            if card_not_before is not None:
-                conn.execute(_DEFER_CARD, {"p_id": subscription_id, "p_at": card_not_before})
-            conn.execute(_RELEASE_SUBSCRIPTION, {"p_id": subscription_id, "p_owner": owner})
+            conn.execute(
+                _RELEASE_SUBSCRIPTION,
+                {"p_id": subscription_id, "p_owner": owner, "p_card_at": card_not_before},
+            )
 
     def release_leases(self, owner: str) -> None:
         """Give back every subscription lease this replica holds (graceful shutdown)."""
@@ -482,11 +484,6 @@ _SET_TRACKING_MESSAGE = (
     .where(SubscriptionRow.id == bindparam("p_id"))
     .values(tracking_ts=bindparam("p_ts"), card_done=bindparam("p_done"), **_CARD_HEALTHY)
 )
-_DEFER_CARD = (
-    update(SubscriptionRow)
-    .where(SubscriptionRow.id == bindparam("p_id"))
-    .values(card_retry_at=bindparam("p_at"))
-)
 _MARK_SENT = (
     update(NotificationRow)
     .where(NotificationRow.id == bindparam("p_id"))
@@ -502,5 +499,13 @@ _RELEASE_SUBSCRIPTION = (
     .where(
         SubscriptionRow.id == bindparam("p_id"), SubscriptionRow.lease_owner == bindparam("p_owner")
     )
-    .values(lease_owner=None, lease_until=None)
+    .values(
+        lease_owner=None,
+        lease_until=None,
+        # A card turn booked during the delivery (None: the card's retry time as it is).
+        card_retry_at=func.coalesce(
+            bindparam("p_card_at", type_=SubscriptionRow.card_retry_at.type),
+            SubscriptionRow.card_retry_at,
+        ),
+    )
 )

@@ -93,6 +93,14 @@ def test_a_deferred_card_is_not_leased_before_its_turn(store: Store) -> None:
     assert heads(store, "A", NOW + timedelta(seconds=30), 10) == [sid]
     state = store.outbox.delivery(sid)
     assert state is not None and state.card_attempts == 0 and state.card_error is None
+    assert state.card_retry_at == NOW + timedelta(seconds=30)
+
+    # A release without a turn keeps the one stored; one by a replica that lost the
+    # lease changes nothing.
+    store.outbox.release_subscription(sid, "A")
+    store.outbox.release_subscription(sid, "B", card_not_before=NOW + timedelta(hours=1))
+    state = store.outbox.delivery(sid)
+    assert state is not None and state.card_retry_at == NOW + timedelta(seconds=30)
 
 
 def posted(store: Store, sid: int) -> None:
