@@ -225,7 +225,7 @@ class Delivery:
                 self.lease_seconds,
                 skip_channels=frozenset(self._paced_until),
                 skip_subscriptions=skip | frozenset(self._in_flight),
-                served_channels=frozenset(self.channel_pace.spent(now.timestamp())),
+                served_channels=self.channel_pace.spent(now.timestamp()),
             )
         )
         until = now + timedelta(seconds=self.lease_seconds)
@@ -296,13 +296,23 @@ class Delivery:
         except Exception:
             log.exception("delivery failed", extra={"subscription": subscription_id})
         finally:
-            self._held.pop(subscription_id, None)
-            card_turn = self._unsaved_card_turns.pop(subscription_id, None)
-            if not (new and result.outcome is CardOutcome.REFUSED):
-                await asyncio.to_thread(
-                    self.outbox.release_subscription, subscription_id, self.owner, card_turn
-                )
+            if new and result.outcome is CardOutcome.REFUSED:
+                self._forget(subscription_id)
+            else:
+                await self._release(subscription_id)
         return result
+
+    def _forget(self, subscription_id: int) -> datetime | None:
+        """What this replica keeps of a lease it is done with; the card turn it booked."""
+        self._held.pop(subscription_id, None)
+        return self._unsaved_card_turns.pop(subscription_id, None)
+
+    async def _release(self, subscription_id: int) -> None:
+        """Give the lease back, with the card turn booked while it was held."""
+        card_turn = self._forget(subscription_id)
+        await asyncio.to_thread(
+            self.outbox.release_subscription, subscription_id, self.owner, card_turn
+        )
 
     async def _load_and_deliver(
         self, subscription_id: int, new: bool, urgent: bool = False
@@ -800,11 +810,7 @@ class Delivery:
         except Exception:
             log.exception("posting exceptions failed", extra={"subscription": subscription_id})
         finally:
-            self._held.pop(subscription_id, None)
-            card_turn = self._unsaved_card_turns.pop(subscription_id, None)
-            await asyncio.to_thread(
-                self.outbox.release_subscription, subscription_id, self.owner, card_turn
-            )
+            await self._release(subscription_id)
 
     async def _pass_then_upload(self, subscription_id: int, upload: ThreadUpload) -> CardResult:
         result = await self._load_and_deliver(subscription_id, False)

@@ -119,17 +119,18 @@ class Outbox:
             heads: list[int] = []
             # A channel yet to be told anything goes before one that has just had a
             # message: when many channels have news at once, each one's first message
-            # (and with it the start of its pace) comes as early as it can.
-            for later in (set(served_channels), set()) if served_channels else (set(),):
-                for subscription_id, team, channel, busy in rows:
-                    if len(heads) >= limit:
-                        break
-                    if busy or subscription_id in skipped or (team, channel) in passed:
-                        continue
-                    if (team, channel) in later:
-                        continue
-                    heads.append(subscription_id)
-                    passed.add((team, channel))
+            # (and with it the start of its pace) comes as early as it can. The sort is
+            # stable: within each group, lowest subscription id first.
+            served = set(served_channels)
+            for subscription_id, team, channel, busy in sorted(
+                rows, key=lambda row: (row.team_id, row.channel_id) in served
+            ):
+                if len(heads) >= limit:
+                    break
+                if busy or subscription_id in skipped or (team, channel) in passed:
+                    continue
+                heads.append(subscription_id)
+                passed.add((team, channel))
             if not heads:
                 return []
             # On PostgreSQL, the lease condition, checked again by the UPDATE on the row
